@@ -1,0 +1,41 @@
+# Two commands matter on a fresh machine with Python 3.11 and PyPI:
+#   make demo   runs the main job (the notebook chain on the embedded synthetic dataset)
+#   make test   runs the whole test suite
+# Both create .venv and install the kit into it when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+RUN_DIR ?= runs/demo
+SCALE  ?= default
+DEVICE ?= auto
+
+.PHONY: demo test lab venv bench clean-venv
+
+venv: $(STAMP)
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lurm_lite)" >/dev/null
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lurm_lite run --dataset synthetic --scale $(SCALE) --run-dir $(RUN_DIR) --device $(DEVICE)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/boi.py --json benchmarks/results/boi.json
+	$(PY) benchmarks/smen.py --json benchmarks/results/smen.json
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,150 @@
+"""Hyper-parameters of every stage in one place, with the paper's defaults and named scales.
+
+Paper §3.4: word/item embeddings and all hidden layers H = 128, interest vocabulary
+D = 1e5, M = 10 anchors (user representation of M*H = 1280), Adam lr 1e-3, batch 256,
+temperature tau = 0.1, positive-pair window beta = 5 days, titles truncated at the length
+covering 95% of titles (Tr). The downstream probe is an MLP with one hidden layer of 64,
+Adam lr 1e-3, batch 128.
+
+Three scales (DESIGN.md, "Scales"):
+
+- ``tiny``: for tests; each stage runs in seconds on one CPU core.
+- ``default``: what ``make demo`` runs; the whole chain in minutes on a 2-core CPU.
+- ``paper``: the paper's sizes; meant for a GPU and a large dataset.
+
+Each stage module reads only its own dataclass; ``for_scale(name)`` gives all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+SCALES = ("tiny", "default", "paper")
+DAY_SECONDS = 86_400
+
+
+@dataclass
+class TextConfig:
+    """§3.4: titles truncated at the length covering ``truncation_quantile`` of titles (Tr)."""
+
+    min_count: int = 2  # words seen fewer times map to the unknown token
+    truncation_quantile: float = 0.95  # Tr = this quantile of title lengths in words
+    max_vocab: int | None = None  # keep only the most frequent words (None: all)
+
+
+@dataclass
+class ItemEmbeddingConfig:
+    """§2.1.1, eq. (1)-(3): contrastive item encoder."""
+
+    dim: int = 128  # H: word and item embedding size
+    tau: float = 0.1  # temperature of eq. (2)
+    beta_seconds: int = 5 * DAY_SECONDS  # positive pair window beta (|t_x - t_y| < beta)
+    beta_behaviors: int | None = None  # alternative window counted in behaviours (coarse timestamps)
+    batch_size: int = 1024  # n pairs per mini-batch (2n items)
+    lr: float = 1e-3
+    epochs: int = 3
+    pairs_per_epoch: int = 200_000  # positive pairs sampled per epoch
+    sparse_word_grad: bool = True  # sparse gradients for the word table (fast on CPU)
+
+
+@dataclass
+class ClusteringConfig:
+    """§2.1.2: k-means of item embeddings into D interests."""
+
+    n_interests: int = 1000  # D
+    niter: int = 20
+    sample_size: int = 200_000  # items sampled for training the centroids
+    max_points_per_centroid: int = 256  # faiss subsamples to D * this many training points
+    soft_top_k: int = 3  # soft assignment: clusters per item
+    large_d_threshold: int = 20_000  # from this D on, use the two-level large-D path
+
+
+@dataclass
+class BoIConfig:
+    """Eq. (4): b_t = log(1 + count) per user and period."""
+
+    granularities: tuple[str, ...] = ("month", "year")  # multi-scale (§2.2.3)
+    assignment: str = "hard"  # "hard" or "soft"
+    chunk_users: int = 50_000  # users per streamed chunk (bounds memory)
+
+
+@dataclass
+class SMENConfig:
+    """§2.2, eq. (5)-(9): multi-anchor encoder, GRU and multi-scale switch."""
+
+    hidden: int = 128  # H
+    anchors: int = 10  # M
+    scales: tuple[str, ...] = ("month", "year")  # one or two granularities
+
+
+@dataclass
+class UserTrainingConfig:
+    """§2.2.4: self-supervised training of SMEN on pairs of sub-sequences of one user."""
+
+    tau: float = 0.1
+    batch_size: int = 256
+    lr: float = 1e-3
+    epochs: int = 10
+    min_subseq_months: int = 6  # shortest sampled sub-sequence, in months
+    max_subseq_fraction: float = 0.8  # longest sub-sequence as a fraction of the life span
+    max_periods: int = 120  # cap on months per sampled sequence (bounds GRU length)
+    amp: bool = False  # mixed precision on cuda
+    encode_batch_size: int = 512
+
+
+@dataclass
+class DownstreamConfig:
+    """§3.2-3.4: MLP probe on frozen representations, 80/20 split."""
+
+    hidden: int = 64
+    lr: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 10  # early stopping on a validation part of the training 80%
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    bootstrap: int = 1000  # bootstrap resamples of the test set for auc_ci95
+    doc2vec_dim: int = 128
+    doc2vec_epochs: int = 10
+
+
+@dataclass
+class LURMConfig:
+    text: TextConfig = field(default_factory=TextConfig)
+    item: ItemEmbeddingConfig = field(default_factory=ItemEmbeddingConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    boi: BoIConfig = field(default_factory=BoIConfig)
+    smen: SMENConfig = field(default_factory=SMENConfig)
+    user_training: UserTrainingConfig = field(default_factory=UserTrainingConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def for_scale(scale: str) -> LURMConfig:
+    """All hyper-parameters for a named scale (``tiny``, ``default`` or ``paper``)."""
+    if scale not in SCALES:
+        raise ValueError(f"Unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    config = LURMConfig()
+    if scale == "tiny":
+        config.item = dataclasses.replace(config.item, dim=32, batch_size=128, epochs=1, pairs_per_epoch=4_000)
+        config.clustering = dataclasses.replace(config.clustering, n_interests=50, niter=10, sample_size=20_000)
+        config.smen = dataclasses.replace(config.smen, hidden=16, anchors=4)
+        config.user_training = dataclasses.replace(config.user_training, batch_size=64, epochs=2, max_periods=60)
+        config.downstream = dataclasses.replace(config.downstream, max_epochs=30, patience=5, bootstrap=100,
+                                                doc2vec_dim=32, doc2vec_epochs=5)
+    elif scale == "default":
+        config.item = dataclasses.replace(config.item, dim=64, epochs=2, pairs_per_epoch=150_000)
+        config.clustering = dataclasses.replace(config.clustering, n_interests=1000, niter=20)
+        config.smen = dataclasses.replace(config.smen, hidden=64, anchors=10)
+        config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=8)
+        config.downstream = dataclasses.replace(config.downstream, doc2vec_dim=64, doc2vec_epochs=10)
+    else:  # paper, §3.4
+        config.item = dataclasses.replace(config.item, dim=128, epochs=5, pairs_per_epoch=10_000_000)
+        config.clustering = dataclasses.replace(config.clustering, n_interests=100_000, niter=20,
+                                                sample_size=1_000_000)
+        config.smen = dataclasses.replace(config.smen, hidden=128, anchors=10)
+        config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=20, amp=True)
+    return config

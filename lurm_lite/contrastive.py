@@ -1,0 +1,41 @@
+"""In-batch contrastive loss of LURM, shared by items (§2.1.1) and users (§2.2.4).
+
+A mini-batch holds n positive pairs Delta = {x^1, y^1, ..., x^n, y^n}. Every other member
+of the 2n-element batch is a negative. With g(x, y) = e_x^T e_y the cosine similarity of
+L2-normalised embeddings and temperature tau:
+
+    eq. (2)  l(x^i, y^i) = -log( exp(g(x^i, y^i)/tau) / sum_{y in Delta, y != x^i} exp(g(x^i, y)/tau) )
+    eq. (3)  Loss = 1/(2n) * sum_i ( l(x^i, y^i) + l(y^i, x^i) )
+
+This is the NT-Xent loss of SimCLR: the denominator runs over all 2n - 1 members of the
+batch other than the anchor itself (its positive included).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE, eq. (2)-(3) of the paper.
+
+    Args:
+        x: (n, d) embeddings of x^1..x^n. Normalised here (a no-op when already unit norm).
+        y: (n, d) embeddings of y^1..y^n; (x^i, y^i) is the i-th positive pair.
+        tau: temperature tau of eq. (2).
+
+    Returns:
+        The scalar Loss of eq. (3), averaged over the 2n anchors.
+    """
+    if x.shape != y.shape or x.dim() != 2:
+        raise ValueError(f"x and y must both be (n, d); got {tuple(x.shape)} and {tuple(y.shape)}")
+    n = x.shape[0]
+    z = F.normalize(torch.cat([x, y], dim=0), dim=1)  # (2n, d), members of Delta
+    logits = (z @ z.T).float() / tau  # (2n, 2n), g(., .) / tau
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))  # y != x^i in the denominator
+    # The positive of row i is row i + n (and of row i + n, row i).
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2n,)
+    # cross_entropy averages -log softmax over the 2n anchors: the 1/(2n) sum of eq. (3).
+    return F.cross_entropy(logits, positive)
