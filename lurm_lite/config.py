@@ -148,3 +148,15 @@ def for_scale(scale: str) -> LURMConfig:
         config.smen = dataclasses.replace(config.smen, hidden=128, anchors=10)
         config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=20, amp=True)
     return config
+
+
+def with_overrides(section, **values):
+    """A copy of the dataclass ``section`` with the non-None ``values`` replaced.
+
+    Notebook parameters default to ``None``, meaning "the scale's default"; this turns
+    them into a stage config in one line: ``with_overrides(config.item, epochs=ITEM_EPOCHS)``.
+    """
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(section)})
+    if unknown:
+        raise TypeError(f"{type(section).__name__} has no field(s) {', '.join(unknown)}")
+    return dataclasses.replace(section, **{k: v for k, v in values.items() if v is not None})

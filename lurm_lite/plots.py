@@ -1,0 +1,147 @@
+"""The kit's figures, one function each. Every function returns a matplotlib Figure;
+:func:`save_figure` writes it as PNG (atomically) so a notebook both shows it inline and
+keeps it in the run folder's ``figures/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from lurm_lite.runs import atomic_path
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG at ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return Path(path)
+
+
+def behaviors_per_user(counts: np.ndarray) -> matplotlib.figure.Figure:
+    """Log-log distribution of behaviours per user (how heavy the tail of |S| is, Table 1)."""
+    counts = np.asarray(counts)
+    values, freq = np.unique(counts, return_counts=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(values, freq, s=8, alpha=0.7)
+    ax.set(xscale="log", yscale="log", xlabel="behaviours per user |S|", ylabel="number of users",
+           title=f"Behaviours per user (max {counts.max():,}, median {int(np.median(counts)):,})")
+    return fig
+
+
+def activity_over_time(ts: np.ndarray, history_end_ts: int | None = None) -> matplotlib.figure.Figure:
+    """Behaviours per calendar month over the whole span, with the history end marked."""
+    months = pd.to_datetime(np.asarray(ts), unit="s").to_period("M")
+    per_month = pd.Series(1, index=months).groupby(level=0).sum()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(per_month.index.to_timestamp(), per_month.values, lw=1)
+    if history_end_ts is not None:
+        ax.axvline(pd.to_datetime(history_end_ts, unit="s"), color="crimson", ls="--", label="history end")
+        ax.legend()
+    ax.set(xlabel="month", ylabel="behaviours", title="Activity over time")
+    return fig
+
+
+def loss_curve(losses: Sequence[float], title: str, smooth: int = 20) -> matplotlib.figure.Figure:
+    """Training loss per step with a moving average."""
+    losses = np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(losses, alpha=0.35, lw=1, label="step")
+    if len(losses) >= smooth:
+        kernel = np.ones(smooth) / smooth
+        ax.plot(np.arange(smooth - 1, len(losses)), np.convolve(losses, kernel, mode="valid"),
+                lw=2, label=f"mean of {smooth}")
+    ax.set(xlabel="step", ylabel="InfoNCE loss, eq. (3)", title=title)
+    ax.legend()
+    return fig
+
+
+def cluster_sizes(sizes: np.ndarray) -> matplotlib.figure.Figure:
+    """Histogram of items per interest (cluster), log scale."""
+    sizes = np.asarray(sizes)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(sizes[sizes > 0], bins=50, log=True)
+    ax.set(xlabel="items per interest", ylabel="interests",
+           title=f"Cluster sizes (D = {len(sizes):,}, empty: {(sizes == 0).sum()})")
+    return fig
+
+
+def boi_timeline(rows: np.ndarray, periods: Sequence[str], top: int = 25) -> matplotlib.figure.Figure:
+    """Heatmap of one user's b_t over time: the ``top`` most used interests x periods.
+
+    ``rows`` is the user's dense (N, D) BoI sequence; ``periods`` the N period labels.
+    """
+    rows = np.asarray(rows)
+    columns = np.argsort(-rows.sum(axis=0))[:top]
+    frame = pd.DataFrame(rows[:, columns].T, index=[f"interest {c}" for c in columns], columns=list(periods))
+    fig, ax = plt.subplots(figsize=(min(14, 2 + 0.25 * len(periods)), 0.25 * len(columns) + 1.5))
+    sns.heatmap(frame, cmap="viridis", ax=ax, cbar_kws={"label": "b_t = log(1 + count), eq. (4)"})
+    ax.set(xlabel="period t", ylabel="", title="One user's Bag-of-Interests timeline")
+    return fig
+
+
+def results_bars(results: Mapping, metric: str = "auc") -> matplotlib.figure.Figure:
+    """Bar plot of ``metric`` per task and method from a results.json mapping, with 95% CI."""
+    records = []
+    for task, methods in results["tasks"].items():
+        for method, m in methods.items():
+            lo, hi = m.get("auc_ci95", [np.nan, np.nan])
+            records.append({"task": task, "method": method, metric: 100 * m[metric],
+                            "lo": 100 * lo, "hi": 100 * hi})
+    frame = pd.DataFrame(records)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * frame.task.nunique()), 4))
+    sns.barplot(frame, x="task", y=metric, hue="method", ax=ax)
+    if metric == "auc":
+        # Error bars from the bootstrap CI, drawn on the bars seaborn placed.
+        for bar_group, (_, group) in zip(ax.containers, frame.groupby("method", sort=False)):
+            for bar, (_, row) in zip(bar_group, group.iterrows()):
+                x = bar.get_x() + bar.get_width() / 2
+                ax.plot([x, x], [row.lo, row.hi], color="black", lw=1)
+    low = np.nanmin(frame[metric]) if len(frame) else 0
+    ax.set(ylim=(max(0, low - 10), 100), ylabel=f"{metric.upper()} (%)", title=f"Downstream {metric.upper()} per task")
+    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
+    return fig
+
+
+def metric_vs_setting(frame: pd.DataFrame, setting: str, title: str) -> matplotlib.figure.Figure:
+    """Fig. 3 / Fig. 4 style: AUC lines and ACC bars per task against a setting.
+
+    ``frame`` has columns ``task``, ``setting`` (ordered as given), ``auc``, ``acc`` (fractions).
+    """
+    tasks = list(dict.fromkeys(frame["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        part = frame[frame["task"] == task]
+        labels = [str(v) for v in part[setting]]
+        x = np.arange(len(labels))
+        ax.bar(x, 100 * part["acc"], color="tab:blue", alpha=0.5, label="ACC")
+        ax.plot(x, 100 * part["auc"], color="tab:green", marker="o", label="AUC")
+        ax.set_xticks(x, labels, rotation=45, ha="right")
+        low = 100 * min(part["acc"].min(), part["auc"].min())
+        ax.set(ylim=(max(0, low - 5), 100), title=task, xlabel=setting)
+    axes[0][0].set_ylabel("%")
+    axes[0][0].legend(loc="lower right", fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def anchor_tsne(points_before: np.ndarray, points_after: np.ndarray, anchors: np.ndarray,
+                silhouettes: tuple[float, float]) -> matplotlib.figure.Figure:
+    """Fig. 5: 2-D t-SNE of anchor outputs r^i, coloured by anchor i, untrained vs trained."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    palette = sns.color_palette("tab10", n_colors=int(anchors.max()) + 1)
+    for ax, points, name, sil in zip(axes, (points_before, points_after), ("initialised", "trained"), silhouettes):
+        sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=anchors, palette=palette, s=12, ax=ax, legend=False)
+        ax.set(title=f"{name} SMEN (silhouette of anchors {sil:.2f})", xticks=[], yticks=[])
+    fig.suptitle("t-SNE of multi-anchor outputs r^i, colour = anchor i (Fig. 5)")
+    return fig
