@@ -1,0 +1,45 @@
+"""The two install paths (pip via pyproject.toml, conda via environment.yml) agree."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_pyproject_and_environment_name_the_same_packages():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_names = {_name(r) for r in project["dependencies"]}
+    pip_names |= {_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda_names = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            conda_names |= {_name(r) for r in dep["pip"]}
+        elif not dep.startswith(("python=", "pip")):
+            conda_names.add(_name(dep))
+    assert pip_names == conda_names, (
+        f"only in pyproject.toml: {sorted(pip_names - conda_names)}; "
+        f"only in environment.yml: {sorted(conda_names - pip_names)}"
+    )
+
+
+def test_torch_is_pinned_to_the_cpu_wheel_on_disk_everywhere():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "torch==2.13.0" in project["dependencies"]
+    assert "torch==2.13.0" in (ROOT / "environment.yml").read_text()
+
+
+def test_readme_starts_with_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    first_blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, flags=re.S)[:2]
+    commands = " ".join(first_blocks)
+    assert "make demo" in commands and "make test" in commands
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
