@@ -1,0 +1,92 @@
+"""Command line: ``python -m data_prep {synthetic,movielens,amazon,tabular,validate} ...``.
+
+Every preparing subcommand writes a contract folder (docs/architecture.md, section 1) and
+prints its summary; ``validate`` prints the summary of an existing folder or, for a broken
+one, the error on stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from data_prep.schema import DatasetError, format_summary, summarize, validate
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthetic", help="generate the synthetic dataset with ground truth")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--scale", choices=("tiny", "default", "paper"), default="default")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("movielens", help="MovieLens-100k from the recbole 1.2.1 wheel on PyPI")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--cache", default=None, help="download cache (default $LURM_LITE_CACHE or ~/.cache/lurm_lite)")
+
+    p = sub.add_parser("amazon", help="Amazon review data 2018 raw files (reviews + meta)")
+    p.add_argument("--reviews", nargs="+", required=True, help="<Category>.json(.gz) or <Category>_5.json(.gz) files")
+    p.add_argument("--meta", nargs="+", required=True, help="meta_<Category>.json(.gz) files")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--history-end", default="2018-01-01", help="end of the history window (YYYY-MM-DD, exclusive)")
+    p.add_argument("--label-end", default="2018-11-01", help="end of the label window (YYYY-MM-DD, exclusive)")
+    p.add_argument("--target-category", nargs="+", default=None,
+                   help="categories of the future_<cat> tasks (default: the 4 most frequent)")
+
+    p = sub.add_parser("tabular", help="bring-your-own CSV/Parquet behaviour log")
+    p.add_argument("--behaviors", required=True, help="behaviour log (.csv, .csv.gz or .parquet)")
+    p.add_argument("--items", default=None, help="optional items table")
+    p.add_argument("--users", default=None, help="optional users table; its other columns become profile tasks")
+    p.add_argument("--user-col", required=True)
+    p.add_argument("--item-col", required=True)
+    p.add_argument("--time-col", required=True, help="unix seconds or ISO dates/datetimes")
+    p.add_argument("--title-col", default=None, help="item title column (items table, else behaviour log)")
+    p.add_argument("--category-col", default=None, help="item category column (items table, else behaviour log)")
+    p.add_argument("--history-end", default=None, help="YYYY-MM-DD (default: leave the last 10%% of the span)")
+    p.add_argument("--label-end", default=None, help="YYYY-MM-DD (default: the day after the last behaviour)")
+    p.add_argument("--out", required=True, help="output dataset folder")
+
+    p = sub.add_parser("validate", help="check a dataset folder against the contract")
+    p.add_argument("dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        if args.command == "validate":
+            print(format_summary(summarize(validate(args.dir))))
+            return 0
+        if args.command == "synthetic":
+            from data_prep.synthetic import generate
+
+            generate(args.out, scale=args.scale, seed=args.seed, quiet=False)
+        elif args.command == "movielens":
+            from data_prep.movielens import prepare
+
+            prepare(args.out, cache=args.cache, quiet=False)
+        elif args.command == "amazon":
+            from data_prep.amazon import prepare
+
+            prepare(args.reviews, args.meta, args.out, history_end=args.history_end, label_end=args.label_end,
+                    target_categories=args.target_category, quiet=False)
+        elif args.command == "tabular":
+            from data_prep.tabular import prepare
+
+            prepare(args.behaviors, args.out, items=args.items, users=args.users, user_col=args.user_col,
+                    item_col=args.item_col, time_col=args.time_col, title_col=args.title_col,
+                    category_col=args.category_col, history_end=args.history_end, label_end=args.label_end,
+                    quiet=False)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
