@@ -451,14 +451,13 @@ def behavior_writer(out: str | Path) -> Iterator[Any]:
 
 
 def write_dataset(out: str | Path, items: pd.DataFrame, behaviors: pd.DataFrame | None,
-                  users: pd.DataFrame, meta: dict[str, Any], quiet: bool = True) -> Dataset:
+                  users: pd.DataFrame, meta: dict[str, Any]) -> Dataset:
     """Check, cast and write a dataset folder; returns the written ``Dataset``.
 
     ``behaviors=None`` means ``behaviors.parquet`` was already streamed into ``out`` with
     :func:`behavior_writer`. The contract is checked in memory before anything else is
     written; dtypes are cast to item_id int32, user_id int64, ts int64; ``meta["summary"]``
-    is set to :func:`summarize` and ``dataset.json`` is written last. ``quiet=False``
-    prints the summary.
+    is set to :func:`summarize` and ``dataset.json`` is written last.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -481,8 +480,6 @@ def write_dataset(out: str | Path, items: pd.DataFrame, behaviors: pd.DataFrame 
         with atomic_path(out / name) as tmp:
             frame.to_parquet(tmp, index=False)
     save_json(out / META_FILE, meta)
-    if not quiet:
-        print(format_summary(meta["summary"]))
     return dataset
 
 
