@@ -1,0 +1,301 @@
+"""Self-supervised Multi-anchor Encoder Network (SMEN), §2.2 of the paper, eq. (5)-(9).
+
+Read top to bottom:
+
+1. the input: ``ScaleBatch`` and ``collate_rows`` turn the CSR rows b_t of a batch of users
+   (one granularity) into flat tensors of non-zeros;
+2. ``MultiAnchor``, §2.2.1 eq. (5)-(6): each b_t -> M anchor vectors r^1..r^M, computed
+   from the non-zeros only, at a cost of O(nonzeros x M x H), independent of D;
+3. ``TimeAggregation``, §2.2.2: one GRU shared by the anchors turns each anchor's sequence
+   r^i_t1..r^i_tN into r~^i;
+4. ``ScaleSwitch``, §2.2.3 eq. (7): the per-anchor switch s^i mixes the month and year
+   results r~^i and r~'^i into r^^i; R^ = [r^^1..r^^M] is the user representation;
+5. ``ProjectionHead``, §2.2.4 eq. (8)-(9): h(.) used by the contrastive loss only;
+6. ``SMEN``: the whole network, plus ``save_smen`` / ``load_smen``.
+
+Symbols: D interests, M anchors, H hidden size, B users in a batch, N periods of a user,
+U distinct interests present in a batch, nnz non-zeros of a batch's b rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from lurm_lite.boi import BoISequences
+from lurm_lite.runs import save_torch
+
+# ---------------------------------------------------------------------------------------
+# 1. The input: a batch of BoI sequences of one granularity as flat tensors
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleBatch:
+    """The BoI sequences {b_t1..b_tN} of B users at one granularity, as flat tensors.
+
+    The batch has n_rows periods in all (user after user, periods ascending) and nnz
+    non-zero b_j among them. Only the U interests present in the batch are named.
+    """
+
+    interests: torch.Tensor  # (U,) int64: the distinct interests j present, ascending
+    nz_row: torch.Tensor  # (nnz,) int64: the period row of each non-zero, ascending
+    nz_col: torch.Tensor  # (nnz,) int64: its interest, as a position in `interests`
+    nz_value: torch.Tensor  # (nnz,) float32: b_j
+    row_user: torch.Tensor  # (n_rows,) int64: the user (0..B-1) of each row
+    row_step: torch.Tensor  # (n_rows,) int64: the row's position in its user's sequence
+    lengths: torch.Tensor  # (B,) int64: N, periods per user (0 for an empty sequence)
+
+    @property
+    def n_rows(self) -> int:
+        return self.row_user.shape[0]
+
+    @property
+    def n_users(self) -> int:
+        return self.lengths.shape[0]
+
+    def to(self, device: torch.device | str) -> "ScaleBatch":
+        return ScaleBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+
+def row_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the row ranges lo[b]:hi[b] -> (rows (sum of lengths,), lengths (B,))."""
+    lengths = np.maximum(np.asarray(hi, dtype=np.int64) - lo, 0)  # (B,)
+    starts = np.cumsum(lengths) - lengths  # (B,) offset of each user in `rows`
+    rows = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(np.asarray(lo, dtype=np.int64) - starts, lengths)
+    return rows, lengths
+
+
+def collate_rows(seqs: BoISequences, rows: np.ndarray, lengths: np.ndarray) -> ScaleBatch:
+    """Gather the b_t rows of a batch into a ``ScaleBatch`` (vectorised, no per-row loop).
+
+    Args:
+        seqs: BoI sequences of one granularity (CSR rows b_t, eq. 4).
+        rows: (n_rows,) indices into ``seqs.matrix``, user after user, periods ascending.
+        lengths: (B,) rows per user; ``rows`` holds lengths[0] rows of user 0, then user 1, ...
+            A length of 0 is an empty sequence.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    sub = seqs.matrix[np.asarray(rows, dtype=np.int64)]  # (n_rows, D) CSR
+    sub.sum_duplicates()  # canonical: column indices sorted within each row
+    interests, nz_col = np.unique(sub.indices, return_inverse=True)  # (U,), (nnz,)
+    n_rows = sub.shape[0]
+    starts = np.cumsum(lengths) - lengths  # (B,)
+    return ScaleBatch(
+        interests=torch.from_numpy(interests.astype(np.int64)),
+        nz_row=torch.from_numpy(np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(sub.indptr))),
+        nz_col=torch.from_numpy(nz_col.astype(np.int64).reshape(-1)),
+        nz_value=torch.from_numpy(sub.data.astype(np.float32)),
+        row_user=torch.from_numpy(np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)),
+        row_step=torch.from_numpy(np.arange(n_rows, dtype=np.int64) - np.repeat(starts, lengths)),
+        lengths=torch.from_numpy(lengths),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Multi-anchor module, §2.2.1
+# ---------------------------------------------------------------------------------------
+
+
+class MultiAnchor(nn.Module):
+    """§2.2.1, eq. (5)-(6): one BoI feature b -> M anchor representations r^1..r^M.
+
+        k_j      = W^p ReLU(W^e_j)                                   (interest vector)
+        alpha_ij = exp(W^a_i . k_j) / sum_l exp(W^a_l . k_j)         eq. (6)
+        r^i      = ReLU( sum_j alpha_ij b_j W^e_j )                  eq. (5)
+
+    alpha_ij depends on the interest j only, so it is computed once for the U interests
+    present in the batch; then V_j = alpha_.j (x) W^e_j (M, H) and r = ReLU(S V) where S is
+    the sparse (n_rows, U) matrix of the b_j. Cost O(U M H^2 + nnz M H), independent of D.
+    With ``sparse=True`` the gradient of W^e is a sparse tensor over the U rows looked up
+    (use ``torch.optim.SparseAdam`` for it), so no step does O(D H) work.
+    """
+
+    def __init__(self, n_interests: int, hidden: int, anchors: int, sparse: bool = True):
+        super().__init__()
+        self.sparse = sparse
+        self.W_e = nn.Parameter(torch.randn(n_interests, hidden))  # (D, H) interest embeddings
+        self.W_a = nn.Parameter(torch.randn(anchors, hidden) * hidden**-0.5)  # (M, H) anchors
+        bound = hidden**-0.5
+        self.W_p = nn.Parameter(torch.empty(hidden, hidden).uniform_(-bound, bound))  # (H, H)
+
+    def alpha(self, W_e_j: torch.Tensor) -> torch.Tensor:
+        """Eq. (6): attention of each anchor i on interest j, softmax over the anchors.
+
+        W_e_j: (U, H) rows W^e_j. Returns alpha (U, M); each row sums to 1.
+        """
+        k = F.relu(W_e_j) @ self.W_p.T  # (U, H) k_j = W^p ReLU(W^e_j)
+        return torch.softmax(k @ self.W_a.T, dim=1)  # (U, M) logits W^a_i . k_j
+
+    def forward(self, x: ScaleBatch) -> torch.Tensor:
+        """Eq. (5) for every row b_t of the batch: returns r (n_rows, M, H)."""
+        M, H = self.W_a.shape
+        W_e_j = F.embedding(x.interests, self.W_e, sparse=self.sparse)  # (U, H)
+        alpha = self.alpha(W_e_j)  # (U, M)
+        V = (alpha[:, :, None] * W_e_j[:, None, :]).reshape(-1, M * H)  # (U, M*H) alpha_ij W^e_j
+        b = torch.sparse_coo_tensor(  # (n_rows, U) sparse, entries b_j (sorted: coalesced)
+            torch.stack([x.nz_row, x.nz_col]), x.nz_value.to(V.dtype), (x.n_rows, V.shape[0]),
+            is_coalesced=True, check_invariants=False,
+        )
+        r = torch.sparse.mm(b, V)  # (n_rows, M*H) sum_j alpha_ij b_j W^e_j
+        return F.relu(r).view(-1, M, H)  # (n_rows, M, H)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Time aggregation module, §2.2.2
+# ---------------------------------------------------------------------------------------
+
+
+class TimeAggregation(nn.Module):
+    """§2.2.2: a GRU shared by the M anchors maps r^i_t1..r^i_tN to r~^i (last hidden state).
+
+    The B*M sequences are packed (variable N, no padding seen by the GRU). Only non-empty
+    periods have rows, so a gap of years between two periods is not filled: the GRU steps
+    straight from one non-empty period to the next. An empty sequence (N = 0) gives the
+    GRU's initial state, r~^i = 0.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+
+    def forward(self, r: torch.Tensor, x: ScaleBatch) -> torch.Tensor:
+        """r (n_rows, M, H) rows of the batch ``x`` -> r~ (B, M, H)."""
+        _, M, H = r.shape
+        B = x.n_users
+        lengths = x.lengths.cpu().repeat_interleave(M)  # (B*M,) N of each anchor sequence
+        r_tilde = r.new_zeros(B * M, H)  # (B*M, H); stays 0 for empty sequences
+        if x.n_rows == 0:
+            return r_tilde.view(B, M, H)
+        T = int(lengths.max())
+        padded = r.new_zeros(B, T, M, H)
+        padded[x.row_user, x.row_step] = r  # (B, T, M, H)
+        seqs = padded.transpose(1, 2).reshape(B * M, T, H)  # (B*M, T, H) one per (user, anchor)
+        present = lengths > 0  # (B*M,) on the CPU, as packing wants
+        on_device = present.to(r.device)
+        packed = pack_padded_sequence(seqs[on_device], lengths[present], batch_first=True, enforce_sorted=False)
+        _, h_n = self.gru(packed)  # (1, n_present, H) last valid hidden state of each sequence
+        r_tilde[on_device] = h_n[0].to(r_tilde.dtype)
+        return r_tilde.view(B, M, H)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Multi-scale aggregation module, §2.2.3
+# ---------------------------------------------------------------------------------------
+
+
+class ScaleSwitch(nn.Module):
+    """Eq. (7): r^^i = s^i ⊙ r~^i + (1 - s^i) ⊙ r~'^i, s^i = sigmoid(FC_i([r~^i, r~'^i])).
+
+    FC_i is one fully-connected layer 2H -> H per anchor i, batched as a (M, 2H, H) weight.
+    """
+
+    def __init__(self, hidden: int, anchors: int):
+        super().__init__()
+        bound = (2 * hidden) ** -0.5
+        self.weight = nn.Parameter(torch.empty(anchors, 2 * hidden, hidden).uniform_(-bound, bound))  # (M, 2H, H)
+        self.bias = nn.Parameter(torch.empty(anchors, hidden).uniform_(-bound, bound))  # (M, H)
+
+    def forward(self, r_tilde: torch.Tensor, r_tilde_prime: torch.Tensor) -> torch.Tensor:
+        """r~ (B, M, H) of the finer scale, r~' (B, M, H) of the coarser -> R^ (B, M, H)."""
+        both = torch.cat([r_tilde, r_tilde_prime], dim=-1)  # (B, M, 2H)
+        s = torch.sigmoid(torch.einsum("bmk,mkh->bmh", both, self.weight) + self.bias)  # (B, M, H)
+        return s * r_tilde + (1 - s) * r_tilde_prime
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Projection head, §2.2.4
+# ---------------------------------------------------------------------------------------
+
+
+class ProjectionHead(nn.Module):
+    """Eq. (8)-(9): the non-linear head h(.) on which the contrastive loss is computed.
+
+        v              = ReLU([W^h1_1 r^^1, ..., W^h1_M r^^M])        W^h1_i (H, H)
+        mix(v, W^h3)   = r_2(W^h3 r_1(v))                             W^h3 (M, M), r_1: v -> (M, H)
+        h(v)           = W^h2 ReLU(v + mix(v, W^h3))                  W^h2 (M*H, M*H)
+    """
+
+    def __init__(self, hidden: int, anchors: int):
+        super().__init__()
+        self.W_h1 = nn.Parameter(torch.empty(anchors, hidden, hidden).uniform_(-(hidden**-0.5), hidden**-0.5))
+        self.W_h2 = nn.Linear(anchors * hidden, anchors * hidden, bias=False)
+        self.W_h3 = nn.Parameter(torch.empty(anchors, anchors).uniform_(-(anchors**-0.5), anchors**-0.5))
+
+    def forward(self, R_hat: torch.Tensor) -> torch.Tensor:
+        """R^ (B, M, H) -> h (B, M*H)."""
+        v = F.relu(torch.einsum("bmh,mkh->bmk", R_hat, self.W_h1))  # (B, M, H) W^h1_i r^^i
+        mix = torch.einsum("ij,bjh->bih", self.W_h3, v)  # (B, M, H) W^h3 r_1(v)
+        return self.W_h2(F.relu(v + mix).flatten(1))  # (B, M*H)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. SMEN
+# ---------------------------------------------------------------------------------------
+
+
+class SMEN(nn.Module):
+    """§2.2: multi-anchor module, GRU and multi-scale switch, shared by all scales.
+
+    ``forward(batch)`` takes ``{scale: ScaleBatch}`` for every scale of ``scales`` (the same
+    B users in the same order) and returns R^ (B, M, H), the user representation
+    (flattened to M*H downstream). With one scale there is no switch: R^ = r~.
+    ``project(R^)`` is the head h(.) of eq. (8)-(9), used by training only.
+    """
+
+    def __init__(self, n_interests: int, hidden: int = 128, anchors: int = 10,
+                 scales: tuple[str, ...] = ("month", "year"), sparse: bool = True):
+        super().__init__()
+        if len(scales) not in (1, 2):
+            raise ValueError(f"SMEN aggregates one or two scales (eq. 7); got {scales}")
+        self.n_interests, self.hidden, self.anchors, self.scales = n_interests, hidden, anchors, tuple(scales)
+        self.multi_anchor = MultiAnchor(n_interests, hidden, anchors, sparse=sparse)
+        self.time_aggregation = TimeAggregation(hidden)
+        self.switch = ScaleSwitch(hidden, anchors) if len(scales) == 2 else None
+        self.head = ProjectionHead(hidden, anchors)
+
+    def encode_scale(self, x: ScaleBatch) -> torch.Tensor:
+        """One scale: b_t rows -> r (multi-anchor, eq. 5-6) -> r~ (GRU, §2.2.2): (B, M, H)."""
+        return self.time_aggregation(self.multi_anchor(x), x)
+
+    def forward(self, batch: dict[str, ScaleBatch]) -> torch.Tensor:
+        """R^ (B, M, H), eq. (7) (or r~ of the only scale)."""
+        r_tilde = [self.encode_scale(batch[scale]) for scale in self.scales]  # each (B, M, H)
+        if self.switch is None:
+            return r_tilde[0]
+        return self.switch(r_tilde[0], r_tilde[1])
+
+    def project(self, R_hat: torch.Tensor) -> torch.Tensor:
+        """h(.) of eq. (8)-(9): R^ (B, M, H) -> (B, M*H)."""
+        return self.head(R_hat)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters with sparse gradients (W^e when ``sparse``): give them to SparseAdam."""
+        return [self.multi_anchor.W_e] if self.multi_anchor.sparse else []
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def init_kwargs(self) -> dict:
+        return {"n_interests": self.n_interests, "hidden": self.hidden, "anchors": self.anchors,
+                "scales": self.scales, "sparse": self.multi_anchor.sparse}
+
+
+def save_smen(path: str | Path, model: SMEN) -> Path:
+    """Write a trained SMEN (constructor arguments + weights) atomically."""
+    return save_torch(path, {"kwargs": model.init_kwargs(), "state_dict": model.state_dict()})
+
+
+def load_smen(path: str | Path, device: torch.device | str = "cpu") -> SMEN:
+    """Read a model written by ``save_smen``, in eval mode on ``device``."""
+    saved = torch.load(path, map_location=device, weights_only=False)
+    model = SMEN(**saved["kwargs"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()

@@ -1,0 +1,177 @@
+"""SMEN (§2.2, eq. 5-9): the sparse multi-anchor path against a dense reference, the GRU
+time aggregation, the multi-scale switch, the projection head, and the model variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from lurm_lite.boi import BoISequences
+from lurm_lite.smen import SMEN, MultiAnchor, ScaleSwitch, collate_rows, load_smen, row_ranges, save_smen
+
+
+def dense_multi_anchor(b: torch.Tensor, W_e: torch.Tensor, W_a: torch.Tensor, W_p: torch.Tensor) -> torch.Tensor:
+    """Reference eq. (5)-(6) over all D interests, dense: b (n_rows, D) -> r (n_rows, M, H).
+
+    alpha_ij for every j in 1..D, then r^i = ReLU(sum_{j=1..D} alpha_ij b_j W^e_j) as one
+    (n_rows, D) x (D, M*H) product: O(n_rows D M H). Used by the tests and benchmarks/smen.py.
+    """
+    D, H = W_e.shape
+    M = W_a.shape[0]
+    k = F.relu(W_e) @ W_p.T  # (D, H) k_j = W^p ReLU(W^e_j)
+    alpha = torch.softmax(k @ W_a.T, dim=1)  # (D, M) eq. (6)
+    V = (alpha[:, :, None] * W_e[:, None, :]).reshape(D, M * H)  # (D, M*H) alpha_ij W^e_j
+    return F.relu(b @ V).reshape(-1, M, H)  # (n_rows, M, H) eq. (5)
+
+
+def random_boi(n_users: int, D: int, max_periods: int, nnz: int, seed: int, granularity: str = "month",
+               fixed: dict[int, int] | None = None) -> BoISequences:
+    """Random BoI sequences: 1..max_periods rows per user (``fixed``: user -> rows), ~nnz b_j > 0 a row."""
+    rng = np.random.default_rng(seed)
+    n_rows = rng.integers(1, max_periods + 1, n_users)
+    for user, n in (fixed or {}).items():
+        n_rows[user] = n
+    total = int(n_rows.sum())
+    matrix = sp.random(total, D, density=min(nnz / D, 1.0), format="csr", random_state=seed, dtype=np.float32)
+    matrix.data = np.log1p(rng.integers(1, 5, matrix.nnz)).astype(np.float32)  # b_j = log(1 + count)
+    period = np.concatenate([np.sort(rng.choice(200, n, replace=False)) for n in n_rows]).astype(np.int64)
+    return BoISequences(matrix, np.arange(n_users, dtype=np.int64) * 10,
+                        np.concatenate([[0], np.cumsum(n_rows)]).astype(np.int64), period, granularity)
+
+
+def whole_batch(seqs: BoISequences, users=None):
+    users = np.arange(seqs.n_users) if users is None else np.asarray(users)
+    return collate_rows(seqs, *row_ranges(seqs.user_ptr[users], seqs.user_ptr[users + 1]))
+
+
+def test_collate_rows_flattens_the_csr_rows_of_each_user():
+    seqs = random_boi(6, 40, 5, 6, seed=1, fixed={2: 0})
+    users = np.array([3, 2, 0])
+    x = whole_batch(seqs, users)
+    lengths = np.diff(seqs.user_ptr)[users]
+    assert x.lengths.tolist() == lengths.tolist() and x.n_rows == lengths.sum()
+    assert x.row_user.tolist() == np.repeat([0, 1, 2], lengths).tolist()
+    assert x.row_step.tolist() == [s for n in lengths for s in range(n)]
+    # the non-zeros rebuild the rows b_t of the batch exactly
+    rebuilt = np.zeros((x.n_rows, 40), np.float32)
+    rebuilt[x.nz_row.numpy(), x.interests[x.nz_col].numpy()] = x.nz_value.numpy()
+    expected = sp.vstack([seqs.user_rows(k) for k in users]).toarray()
+    np.testing.assert_array_equal(rebuilt, expected)
+    assert torch.equal(x.interests, torch.unique(x.interests))  # U distinct interests, sorted
+
+
+def test_alpha_sums_to_one_over_anchors():
+    module = MultiAnchor(n_interests=30, hidden=8, anchors=5)
+    alpha = module.alpha(module.W_e)  # (D, M)
+    assert alpha.shape == (30, 5)
+    torch.testing.assert_close(alpha.sum(dim=1), torch.ones(30))
+    assert (alpha > 0).all()
+
+
+@pytest.mark.parametrize("anchors", [1, 4])
+def test_sparse_multi_anchor_equals_dense_reference_in_values_and_gradients(anchors):
+    torch.manual_seed(0)
+    seqs = random_boi(7, 60, 4, 8, seed=2, fixed={4: 0})
+    x = whole_batch(seqs)
+    module = MultiAnchor(n_interests=60, hidden=6, anchors=anchors).double()
+    weights = torch.randn(x.n_rows, anchors, 6, dtype=torch.float64)  # a loss that weighs every output
+
+    r_sparse = module(x)  # (n_rows, M, H)
+    (r_sparse * weights).sum().backward()
+    grads = {name: p.grad.to_dense() if p.grad.is_sparse else p.grad for name, p in module.named_parameters()}
+
+    params = {name: p.detach().clone().requires_grad_() for name, p in module.named_parameters()}
+    b = torch.from_numpy(seqs.matrix.toarray()).double()  # (n_rows, D)
+    r_dense = dense_multi_anchor(b, params["W_e"], params["W_a"], params["W_p"])
+    (r_dense * weights).sum().backward()
+
+    torch.testing.assert_close(r_sparse, r_dense, rtol=1e-12, atol=1e-12)
+    for name in ("W_e", "W_a", "W_p"):
+        torch.testing.assert_close(grads[name], params[name].grad, rtol=1e-10, atol=1e-12)
+
+
+def test_W_e_gradient_is_sparse_and_touches_only_the_interests_present():
+    seqs = random_boi(5, 1000, 3, 5, seed=3)
+    x = whole_batch(seqs)
+    model = SMEN(n_interests=1000, hidden=8, anchors=3, scales=("month",))
+    model.project(model({"month": x})).square().sum().backward()
+    grad = model.multi_anchor.W_e.grad
+    assert grad.is_sparse
+    touched = torch.unique(grad.coalesce().indices()[0])
+    assert torch.equal(touched, x.interests)  # U rows of W^e, not D
+    assert model.sparse_parameters() == [model.multi_anchor.W_e]
+    assert all(p.grad is not None and not p.grad.is_sparse for p in model.dense_parameters())
+
+
+def test_gru_gives_the_last_hidden_state_of_each_anchor_sequence_and_zero_for_empty():
+    torch.manual_seed(0)
+    seqs = random_boi(5, 50, 6, 6, seed=4, fixed={1: 0, 2: 1, 3: 6})  # empty, one period, six
+    model = SMEN(n_interests=50, hidden=8, anchors=3, scales=("month",)).eval()
+    x = whole_batch(seqs)
+    with torch.no_grad():
+        r_tilde = model({"month": x})  # (B, M, H)
+        r = model.multi_anchor(x)  # (n_rows, M, H)
+        for k in range(seqs.n_users):
+            rows = r[x.row_user == k]  # (N, M, H)
+            if len(rows) == 0:
+                assert torch.equal(r_tilde[k], torch.zeros(3, 8))
+                continue
+            _, h = model.time_aggregation.gru(rows.transpose(0, 1))  # M sequences of length N
+            torch.testing.assert_close(r_tilde[k], h[0], rtol=1e-5, atol=1e-6)
+
+
+def test_periods_years_apart_are_stepped_through_without_filling_the_gap():
+    seqs = random_boi(2, 30, 3, 5, seed=5)
+    far = BoISequences(seqs.matrix, seqs.user_ids, seqs.user_ptr, seqs.period * 36, seqs.granularity)
+    model = SMEN(n_interests=30, hidden=8, anchors=2, scales=("month",)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model({"month": whole_batch(far)}), model({"month": whole_batch(seqs)}))
+
+
+def test_switch_mixes_the_two_scales_per_anchor_as_eq_7():
+    torch.manual_seed(0)
+    switch = ScaleSwitch(hidden=4, anchors=3)
+    r1, r2 = torch.randn(5, 3, 4), torch.randn(5, 3, 4)
+    out = switch(r1, r2)
+    for i in range(3):  # FC_i: its own (2H, H) layer per anchor
+        s = torch.sigmoid(torch.cat([r1[:, i], r2[:, i]], dim=1) @ switch.weight[i] + switch.bias[i])
+        torch.testing.assert_close(out[:, i], s * r1[:, i] + (1 - s) * r2[:, i])
+
+
+def test_projection_head_follows_eq_8_and_9():
+    torch.manual_seed(0)
+    model = SMEN(n_interests=10, hidden=4, anchors=3)
+    R_hat = torch.randn(2, 3, 4)
+    head = model.head
+    v = torch.relu(torch.stack([R_hat[:, i] @ head.W_h1[i].T for i in range(3)], dim=1))  # (B, M, H)
+    mix = (head.W_h3 @ v).flatten(1)  # r_2(W^h3 r_1(v))
+    expected = torch.relu(v.flatten(1) + mix) @ head.W_h2.weight.T
+    torch.testing.assert_close(model.project(R_hat), expected)
+
+
+@pytest.mark.parametrize("scales,anchors,hidden", [(("month", "year"), 4, 8), (("month",), 4, 8),
+                                                   (("year",), 1, 16), (("month", "year"), 1, 40)])
+def test_smen_shapes_for_one_or_two_scales_and_any_number_of_anchors(scales, anchors, hidden):
+    batch = {s: whole_batch(random_boi(6, 40, 5, 4, seed=6 + i, granularity=s, fixed={5: 0}))
+             for i, s in enumerate(scales)}
+    model = SMEN(n_interests=40, hidden=hidden, anchors=anchors, scales=scales)
+    assert (model.switch is None) == (len(scales) == 1)
+    R_hat = model(batch)
+    assert R_hat.shape == (6, anchors, hidden)
+    assert torch.equal(R_hat[5], torch.zeros(anchors, hidden))  # no periods at any scale: R^ = 0
+    z = model.project(R_hat)
+    assert z.shape == (6, anchors * hidden)
+    z.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_save_and_load_smen_round_trip(tmp_path):
+    model = SMEN(n_interests=20, hidden=4, anchors=2, scales=("month",))
+    batch = {"month": whole_batch(random_boi(3, 20, 3, 3, seed=7))}
+    loaded = load_smen(save_smen(tmp_path / "smen.pt", model))
+    assert not loaded.training and loaded.scales == ("month",)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model.eval()(batch))
