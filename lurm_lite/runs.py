@@ -122,6 +122,11 @@ class RunPaths:
         """Path of a PNG figure, e.g. ``figure("item_loss")`` -> ``figures/item_loss.png``."""
         return self.figures / f"{name}.png"
 
+    def dataset_dir(self) -> Path:
+        """The dataset folder this run uses, as recorded by notebook 01_data."""
+        self.require(self.stage_json("01_data"), notebook="01_data")
+        return Path(load_json(self.stage_json("01_data"))["dataset_dir"])
+
     def make(self) -> "RunPaths":
         """Create the run folder and its sub-folders; returns ``self``."""
         for folder in (self.root, self.figures, self.notebooks):
