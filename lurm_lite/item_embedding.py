@@ -1,0 +1,234 @@
+"""Item embedding module of Bag-of-Interests, §2.1.1, eq. (1)-(3).
+
+An item x with words {w_1..w_|x|} (its title, truncated at Tr words, §3.4) is embedded as
+
+    eq. (1)  e_x = proj( 1/|x| * sum_i W_i ),   proj = two residual blocks + L2 normalisation
+
+and the word table W and proj are learned with the in-batch InfoNCE of eq. (2)-(3)
+(:func:`lurm_lite.contrastive.info_nce`) on positive pairs (x, y): two behaviours of the same
+user at most beta apart in time, |t_x - t_y| < beta (beta = 5 days, §3.4).
+
+Only HISTORY-window behaviours may be passed to :func:`train_item_encoder`
+(``Dataset.history()``): the label window must not leak into any representation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lurm_lite.config import ItemEmbeddingConfig
+from lurm_lite.contrastive import info_nce
+from lurm_lite.runs import device as pick_device
+from lurm_lite.runs import seed_everything
+from lurm_lite.text import PAD_ID
+
+
+class ResidualBlock(nn.Module):
+    """x + Linear(ReLU(Linear(x))), one of the two blocks of proj in eq. (1)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.inner = nn.Linear(dim, dim)
+        self.outer = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, H)
+        return x + self.outer(F.relu(self.inner(x)))
+
+
+class ItemEncoder(nn.Module):
+    """The item encoder of eq. (1): e_x = proj(mean of the word embeddings W_i of x).
+
+    The word table W is an ``nn.EmbeddingBag`` (mode mean, padding id 0 left out of the
+    mean). With ``sparse=True`` its gradient is sparse: a batch touches only the rows of the
+    words it contains, which :func:`train_item_encoder` updates with ``SparseAdam``.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, sparse: bool = True):
+        super().__init__()
+        self.words = nn.EmbeddingBag(vocab_size, dim, mode="mean", sparse=sparse, padding_idx=PAD_ID)  # W
+        self.proj = nn.Sequential(ResidualBlock(dim), ResidualBlock(dim))
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """e_x of eq. (1) for a batch of titles.
+
+        Args:
+            tokens: (B, L) word ids padded with 0 (from :func:`lurm_lite.text.encode_titles`).
+            lengths: (B,) number of real ids per row; unused (padding is left out of the
+                mean by ``padding_idx``), accepted so callers can pass the encoded pair.
+
+        Returns:
+            (B, H) unit-norm item embeddings e_x.
+        """
+        mean_words = self.words(tokens)  # (B, H): 1/|x| sum_i W_i
+        return F.normalize(self.proj(mean_words), dim=1)  # (B, H), ||e_x|| = 1
+
+
+def sample_positive_pairs(
+    user_ids: np.ndarray,
+    ts: np.ndarray,
+    n_pairs: int,
+    beta_seconds: int | None = None,
+    beta_behaviors: int | None = None,
+    rng: np.random.Generator | None = None,
+    max_rounds: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positive pairs of §2.1.1: two behaviours of one user with |t_x - t_y| < beta.
+
+    Vectorised over behaviour arrays sorted by (user, ts): draw random anchor rows a; the rows
+    of the same user within the window form one contiguous range [lo, hi), found with
+    ``np.searchsorted`` on the composite key (user rank, ts); the partner is uniform in that
+    range with a itself left out. Anchors without a partner are dropped and more anchors are
+    drawn (at most ``max_rounds`` rounds), so users are sampled in proportion to their number
+    of behaviours that have a partner.
+
+    Args:
+        user_ids, ts: (n,) behaviours sorted by (user_id, ts); ts in seconds.
+        n_pairs: pairs wanted.
+        beta_seconds: beta of §2.1.1: partners satisfy |t_x - t_y| < beta_seconds.
+        beta_behaviors: alternative for coarse timestamps (one date per review, ratings in
+            bulk): partners are at most ``beta_behaviors`` positions apart in the user's
+            sorted sequence. Exactly one of the two windows must be given.
+        rng: numpy Generator (seeded by the caller).
+
+    Returns:
+        (idx_x, idx_y): (m,) int64 row indices into the sorted arrays, m = n_pairs unless the
+        data has too few anchors with a partner; x != y row-wise, same user, inside the window.
+    """
+    if (beta_seconds is None) == (beta_behaviors is None):
+        raise ValueError("give exactly one of beta_seconds and beta_behaviors")
+    rng = rng if rng is not None else np.random.default_rng()
+    user_ids = np.asarray(user_ids)
+    n = user_ids.size
+    if n < 2:
+        raise ValueError("need at least two behaviours to sample positive pairs")
+    if beta_seconds is not None:
+        ts = np.asarray(ts, dtype=np.int64)
+        # Composite key: user rank * span + time offset, span wide enough that a window
+        # [t - beta, t + beta] never reaches into the next or previous user.
+        user_rank = np.cumsum(np.r_[0, user_ids[1:] != user_ids[:-1]], dtype=np.int64)  # (n,)
+        t_min = int(ts.min())
+        span = int(ts.max()) - t_min + 2 * int(beta_seconds) + 1
+        if (int(user_rank[-1]) + 1) * span >= np.iinfo(np.int64).max:
+            raise OverflowError("too many users x time span for an int64 (user, ts) key")
+        key = user_rank * span + (ts - t_min)  # (n,) ascending
+
+    idx_x, idx_y, found = [], [], 0
+    for _ in range(max_rounds):
+        anchors = rng.integers(0, n, size=2 * (n_pairs - found) + 16)  # (A,)
+        if beta_seconds is not None:
+            lo = np.searchsorted(key, key[anchors] - beta_seconds, side="right")  # first row with t > t_a - beta
+            hi = np.searchsorted(key, key[anchors] + beta_seconds, side="left")  # first row with t >= t_a + beta
+        else:
+            anchor_users = user_ids[anchors]
+            lo = np.maximum(anchors - beta_behaviors, np.searchsorted(user_ids, anchor_users, side="left"))
+            hi = np.minimum(anchors + beta_behaviors + 1, np.searchsorted(user_ids, anchor_users, side="right"))
+        has_partner = hi - lo >= 2
+        anchors, lo, hi = anchors[has_partner], lo[has_partner], hi[has_partner]
+        partner = lo + rng.integers(0, hi - lo - 1)  # uniform over the range minus one slot
+        partner += partner >= anchors  # skip the anchor itself
+        take = min(n_pairs - found, anchors.size)
+        idx_x.append(anchors[:take])
+        idx_y.append(partner[:take])
+        found += take
+        if found == n_pairs:
+            break
+    if found == 0:
+        raise ValueError("no behaviour has a partner of the same user within beta; widen beta")
+    return np.concatenate(idx_x).astype(np.int64), np.concatenate(idx_y).astype(np.int64)
+
+
+def train_item_encoder(
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    behaviors_df: pd.DataFrame,
+    config: ItemEmbeddingConfig,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    vocab_size: int | None = None,
+) -> tuple[ItemEncoder, list[float]]:
+    """Learn the encoder of eq. (1) with the contrastive loss of eq. (2)-(3), §2.1.1.
+
+    Each epoch draws ``config.pairs_per_epoch`` positive pairs (:func:`sample_positive_pairs`
+    with ``config.beta_seconds`` or ``config.beta_behaviors``) and walks them in mini-batches
+    of n = ``config.batch_size`` pairs; the other 2n - 2 items of a batch are the negatives.
+    The word table (sparse gradient) is updated with ``torch.optim.SparseAdam``, proj with
+    ``Adam``, both at ``config.lr``.
+
+    Args:
+        tokens, lengths: (n_items, Tr) and (n_items,) from :func:`lurm_lite.text.encode_titles`.
+        behaviors_df: HISTORY-window behaviours only (``Dataset.history()``), columns
+            ``user_id``, ``item_id``, ``ts``, sorted by (user_id, ts).
+        config: :class:`~lurm_lite.config.ItemEmbeddingConfig` (H = ``dim``, tau, beta, ...).
+        device: passed to :func:`lurm_lite.runs.device` ("auto", "cpu", "cuda", ...).
+        seed: seeds the pair sampler and the model initialisation.
+        vocab_size: rows of the word table, ``len(vocab)``; default: the largest id in
+            ``tokens`` + 1.
+
+    Returns:
+        The trained encoder (in eval mode) and the loss of every mini-batch.
+    """
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    vocab_size = vocab_size if vocab_size is not None else int(tokens.max()) + 1
+    encoder = ItemEncoder(vocab_size, config.dim, sparse=config.sparse_word_grad).to(dev)
+    dense_params = list(encoder.proj.parameters())
+    if config.sparse_word_grad:
+        optimizers = [torch.optim.SparseAdam(list(encoder.words.parameters()), lr=config.lr),
+                      torch.optim.Adam(dense_params, lr=config.lr)]
+    else:
+        optimizers = [torch.optim.Adam(encoder.parameters(), lr=config.lr)]
+
+    all_tokens = torch.as_tensor(tokens, dtype=torch.long, device=dev)  # (n_items, Tr)
+    user_ids = behaviors_df["user_id"].to_numpy()
+    item_ids = behaviors_df["item_id"].to_numpy()
+    ts = behaviors_df["ts"].to_numpy()
+    beta_seconds = None if config.beta_behaviors is not None else config.beta_seconds
+
+    losses: list[float] = []
+    encoder.train()
+    for epoch in range(config.epochs):
+        idx_x, idx_y = sample_positive_pairs(user_ids, ts, config.pairs_per_epoch, beta_seconds=beta_seconds,
+                                             beta_behaviors=config.beta_behaviors, rng=rng)
+        items_x = torch.as_tensor(item_ids[idx_x], dtype=torch.long, device=dev)  # (P,)
+        items_y = torch.as_tensor(item_ids[idx_y], dtype=torch.long, device=dev)  # (P,)
+        starts = range(0, len(items_x) - 1, config.batch_size)  # a batch needs >= 2 pairs
+        bar = tqdm(starts, desc=f"item encoder epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        for start in bar:
+            batch_x = items_x[start : start + config.batch_size]  # (n,)
+            batch_y = items_y[start : start + config.batch_size]  # (n,)
+            e = encoder(all_tokens[torch.cat([batch_x, batch_y])])  # (2n, H)
+            loss = info_nce(e[: len(batch_x)], e[len(batch_x) :], tau=config.tau)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    encoder.eval()
+    return encoder, losses
+
+
+@torch.no_grad()
+def embed_items(
+    encoder: ItemEncoder,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    batch_size: int = 4096,
+    device: str | torch.device = "auto",
+) -> np.ndarray:
+    """e_x of eq. (1) for every item: (n_items, H) float32, unit norm, in item-id order."""
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    encoder = encoder.to(dev).eval()
+    out = np.empty((len(tokens), encoder.words.embedding_dim), dtype=np.float32)  # (n_items, H)
+    for start in range(0, len(tokens), batch_size):
+        batch = torch.as_tensor(tokens[start : start + batch_size], dtype=torch.long, device=dev)  # (B, Tr)
+        out[start : start + batch_size] = encoder(batch).float().cpu().numpy()
+    return out

@@ -1,0 +1,124 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lurm_lite.config import DAY_SECONDS, ItemEmbeddingConfig
+from lurm_lite.contrastive import info_nce
+from lurm_lite.item_embedding import ItemEncoder, embed_items, sample_positive_pairs, train_item_encoder
+
+
+def _sorted_log(rng, n_users=40, n=3000, days=60):
+    user_ids = np.sort(rng.integers(0, n_users, n)).astype(np.int64) * 7 + 3  # sparse, non-dense ids
+    ts = rng.integers(0, days * DAY_SECONDS, n).astype(np.int64)
+    order = np.lexsort((ts, user_ids))
+    return user_ids[order], ts[order]
+
+
+def _all_valid_pairs(user_ids, ts, beta_seconds=None, beta_behaviors=None):
+    """Brute force: every ordered (x, y), x != y, same user, inside the window."""
+    valid = set()
+    for x in range(len(user_ids)):
+        for y in range(len(user_ids)):
+            if x == y or user_ids[x] != user_ids[y]:
+                continue
+            if beta_seconds is not None and abs(ts[x] - ts[y]) < beta_seconds:
+                valid.add((x, y))
+            if beta_behaviors is not None and abs(x - y) <= beta_behaviors:
+                valid.add((x, y))
+    return valid
+
+
+def test_pairs_same_user_within_beta_seconds():
+    rng = np.random.default_rng(0)
+    user_ids, ts = _sorted_log(rng)
+    beta = 5 * DAY_SECONDS
+    x, y = sample_positive_pairs(user_ids, ts, 5000, beta_seconds=beta, rng=rng)
+    assert len(x) == 5000
+    assert np.all(x != y)
+    assert np.all(user_ids[x] == user_ids[y])
+    assert np.all(np.abs(ts[x] - ts[y]) < beta)
+
+
+def test_pairs_respect_beta_behaviors():
+    rng = np.random.default_rng(1)
+    user_ids, ts = _sorted_log(rng)
+    x, y = sample_positive_pairs(user_ids, ts, 5000, beta_behaviors=2, rng=rng)
+    assert np.all(x != y) and np.all(user_ids[x] == user_ids[y])
+    assert np.abs(x - y).max() == 2
+
+
+@pytest.mark.parametrize("window", [{"beta_seconds": 5 * DAY_SECONDS}, {"beta_behaviors": 1}])
+def test_sampled_pairs_are_exactly_the_valid_pairs(window):
+    # user 10: days 0, 1, 2, 10 (the last has no partner within 5 days); user 11: one behaviour;
+    # user 12: days 0 and 5 (exactly beta apart: not a pair, |t_x - t_y| < beta is strict).
+    user_ids = np.array([10, 10, 10, 10, 11, 12, 12])
+    ts = np.array([0, 1, 2, 10, 3, 0, 5]) * DAY_SECONDS
+    x, y = sample_positive_pairs(user_ids, ts, 3000, rng=np.random.default_rng(2), **window)
+    sampled = set(zip(x.tolist(), y.tolist()))
+    assert sampled == _all_valid_pairs(user_ids, ts, **window)
+
+
+def test_sampler_rejects_data_without_pairs():
+    with pytest.raises(ValueError, match="no behaviour has a partner"):
+        sample_positive_pairs(np.array([1, 2, 3]), np.array([0, 0, 0]), 10, beta_seconds=DAY_SECONDS)
+
+
+def test_encoder_is_eq1_mean_of_words_then_proj_then_unit_norm():
+    torch.manual_seed(0)
+    encoder = ItemEncoder(vocab_size=10, dim=8)
+    tokens = torch.tensor([[2, 3, 0, 0], [5, 5, 7, 0]])  # (B, L), 0 = padding
+    e = encoder(tokens, torch.tensor([2, 3]))  # (B, H)
+    W = encoder.words.weight.detach()
+    mean_words = torch.stack([(W[2] + W[3]) / 2, (2 * W[5] + W[7]) / 3])  # 1/|x| sum_i W_i
+    torch.testing.assert_close(e, F.normalize(encoder.proj(mean_words), dim=1))
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(2))
+
+
+def test_word_gradient_is_sparse_and_touches_only_batch_words():
+    encoder = ItemEncoder(vocab_size=50, dim=8, sparse=True)
+    e = encoder(torch.tensor([[2, 3, 0], [4, 0, 0], [5, 6, 7], [8, 9, 0]]))
+    info_nce(e[:2], e[2:], tau=0.1).backward()
+    grad = encoder.words.weight.grad
+    assert grad.is_sparse
+    assert set(grad.coalesce().indices()[0].tolist()) == set(range(2, 10))
+
+
+def _topic_problem(seed=0, n_topics=8, items_per_topic=40, words_per_topic=12, n_users=200):
+    """Items of a topic share topic words; each user only interacts with one topic."""
+    rng = np.random.default_rng(seed)
+    n_items = n_topics * items_per_topic
+    item_topic = np.repeat(np.arange(n_topics), items_per_topic)
+    tokens = 2 + item_topic[:, None] * words_per_topic + rng.integers(0, words_per_topic, (n_items, 6))
+    lengths = np.full(n_items, 6)
+    user_topic = rng.integers(0, n_topics, n_users)
+    rows = []
+    for user, topic in enumerate(user_topic):
+        items = rng.choice(np.flatnonzero(item_topic == topic), 20)
+        rows += [(user, item, day * DAY_SECONDS) for day, item in enumerate(items)]
+    behaviors = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])
+    return tokens, lengths, behaviors, item_topic
+
+
+def test_training_lowers_the_loss_and_groups_items_of_a_topic():
+    tokens, lengths, behaviors, item_topic = _topic_problem()
+    config = ItemEmbeddingConfig(dim=16, batch_size=64, epochs=2, pairs_per_epoch=1024, lr=1e-2)
+    encoder, losses = train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=0, progress=False)
+    assert len(losses) == 2 * 1024 // 64
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    e = embed_items(encoder, tokens, lengths, batch_size=100, device="cpu")
+    assert e.shape == (len(tokens), 16) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    similarity = e @ e.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest_same_topic = (item_topic[similarity.argmax(axis=1)] == item_topic).mean()
+    assert nearest_same_topic > 0.95
+
+
+def test_training_is_seeded():
+    tokens, lengths, behaviors, _ = _topic_problem(n_users=50)
+    config = ItemEmbeddingConfig(dim=8, batch_size=32, epochs=1, pairs_per_epoch=256, beta_behaviors=3)
+    _, first = train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=3, progress=False)
+    _, second = train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=3, progress=False)
+    assert first == second
