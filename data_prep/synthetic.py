@@ -112,6 +112,7 @@ class SyntheticConfig:
     age_topic_tilt: float = 0.6  # std of A[age, topic], log scale
     age_category_tilt: float = 0.3  # std of A[age, category], log scale
     churn_rate: float = 0.2
+    baby_gift_weight: float = 0.1  # popularity factor of baby topics in general (non-child) interests
     topic_words_per_topic: int = 8  # characteristic words per topic
     category_words: int = 15  # shared words per category (besides its name)
     noise_words: int = 150  # synthetic filler words (besides FILLER_WORDS)
@@ -138,9 +139,9 @@ class World:
 
     category_names: list[str]
     topic_category: np.ndarray  # (T,) int64
-    topic_pop: np.ndarray  # (T,) float64, global popularity
+    topic_pop: np.ndarray  # (T,) float64, popularity of each topic (baby topics before the gift factor)
     age_cdf: np.ndarray  # (6, T) float64, row g: CDF of the age-tilted topic distribution
-    pop_cdf: np.ndarray  # (T,) float64, CDF of global popularity
+    pop_cdf: np.ndarray  # (T,) float64, CDF of general popularity (noise behaviours)
     item_topic: np.ndarray  # (n_items,) int64
     item_cdf: np.ndarray  # (n_items,) float64 over items sorted by topic: topic k + within-topic CDF
     item_by_topic: np.ndarray  # (n_items,) int64, item ids sorted by topic
@@ -197,13 +198,15 @@ def build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> World:
     topic_category = np.repeat(np.arange(len(names)), counts)
     n_topics = topic_category.size
     topic_pop = rng.lognormal(0.0, 0.8, n_topics)
+    # Baby topics come mostly from the child (below); outside it only as rare gifts
+    general_pop = np.where(topic_category == baby, cfg.baby_gift_weight, 1.0) * topic_pop
 
     # age tilt A[age, topic] = category part + topic part (log scale, weak)
     tilt = (rng.normal(0.0, cfg.age_category_tilt, (len(AGE_GROUPS), len(names)))[:, topic_category]
             + rng.normal(0.0, cfg.age_topic_tilt, (len(AGE_GROUPS), n_topics)))
-    age_p = topic_pop[None, :] * np.exp(tilt)
+    age_p = general_pop[None, :] * np.exp(tilt)
     age_cdf = np.cumsum(age_p / age_p.sum(axis=1, keepdims=True), axis=1)
-    pop_cdf = np.cumsum(topic_pop / topic_pop.sum())
+    pop_cdf = np.cumsum(general_pop / general_pop.sum())
 
     # items: every topic has one, the rest by sqrt popularity; ids shuffled
     extra = rng.choice(n_topics, cfg.n_items - n_topics, p=np.sqrt(topic_pop) / np.sqrt(topic_pop).sum())
