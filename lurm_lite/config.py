@@ -58,6 +58,8 @@ class ClusteringConfig:
     max_points_per_centroid: int = 256  # faiss subsamples to D * this many training points
     soft_top_k: int = 3  # soft assignment: clusters per item
     large_d_threshold: int = 20_000  # from this D on, use the two-level large-D path
+    coarse_clusters: int | None = None  # large-D path: first-level clusters (None: round(sqrt(D)))
+    assign_nprobe: int = 32  # large-D path: IVF lists of centroids scanned per item when assigning
 
 
 @dataclass
@@ -75,21 +77,29 @@ class SMENConfig:
 
     hidden: int = 128  # H
     anchors: int = 10  # M
-    scales: tuple[str, ...] = ("month", "year")  # one or two granularities
+    scales: tuple[str, ...] = ("month", "year")  # one or two granularities, finest first
+    sparse_grad: bool = True  # sparse gradient for W^e (D x H), stepped by SparseAdam: no O(D H) step
 
 
 @dataclass
 class UserTrainingConfig:
-    """§2.2.4: self-supervised training of SMEN on pairs of sub-sequences of one user."""
+    """§2.2.4: self-supervised training of SMEN on pairs of sub-sequences of one user.
+
+    A view is a continuous span of the finest scale's periods (``scales[0]``, months by
+    default): its length is drawn uniformly in [min_subseq_periods, max_subseq_fraction x
+    life span] (capped at max_periods, and at the life span), its start at a non-empty
+    period. The coarser scale contributes the rows whose period overlaps the span.
+    """
 
     tau: float = 0.1
-    batch_size: int = 256
+    batch_size: int = 256  # users per step: n positive pairs, 2n views
     lr: float = 1e-3
-    epochs: int = 10
-    min_subseq_months: int = 6  # shortest sampled sub-sequence, in months
-    max_subseq_fraction: float = 0.8  # longest sub-sequence as a fraction of the life span
-    max_periods: int = 120  # cap on months per sampled sequence (bounds GRU length)
-    amp: bool = False  # mixed precision on cuda
+    epochs: int = 10  # one epoch = every user once as the anchor of a pair
+    min_subseq_periods: int = 6  # shortest sampled span, in periods of the finest scale
+    max_subseq_fraction: float = 0.8  # longest span as a fraction of the life span
+    max_periods: int = 120  # cap on the span in periods of the finest scale (bounds GRU length)
+    period_dropout: float = 0.1  # each period of a view dropped with this probability (one always kept)
+    amp: bool = False  # bfloat16 autocast on cuda
     encode_batch_size: int = 512
 
 

@@ -1,0 +1,192 @@
+"""SMEN training and user encoding (§2.2.4): pair sampling, loss, exact resume, encoding
+order, windows and the empty / one-period / years-apart users."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from lurm_lite.boi import BoISequences
+from lurm_lite.config import SMENConfig, UserTrainingConfig
+from lurm_lite.smen import collate_rows
+from lurm_lite.user_training import (PairSampler, Timeline, anchor_outputs, encode_users, load_user_reps,
+                                     period_start_ts, save_user_reps, train_smen)
+
+SMEN_TINY = SMENConfig(hidden=8, anchors=3)
+TRAIN_TINY = UserTrainingConfig(batch_size=32, epochs=2, min_subseq_periods=4, max_periods=24)
+
+
+def ts(date: str) -> int:
+    return int(np.datetime64(date, "s").astype(np.int64))
+
+
+def boi_from_events(user, interest, t, D) -> dict[str, BoISequences]:
+    """Month and year BoI (eq. 4: log(1 + count)) of sorted events, the straightforward way."""
+    boi = {}
+    for g, unit in (("month", "M"), ("year", "Y")):
+        period = np.asarray(t).astype("datetime64[s]").astype(f"datetime64[{unit}]").astype(np.int64)
+        keys, row = np.unique(np.stack([user, period]), axis=1, return_inverse=True)  # (2, n_rows)
+        counts = sp.csr_matrix((np.ones(len(user), np.float32), (row.ravel(), interest)), shape=(keys.shape[1], D))
+        counts.sum_duplicates()
+        counts.data = np.log1p(counts.data)
+        user_ids, per_user = np.unique(keys[0], return_counts=True)
+        boi[g] = BoISequences(counts, user_ids.astype(np.int64), np.concatenate([[0], np.cumsum(per_user)]),
+                              keys[1].astype(np.int64), g)
+    return boi
+
+
+@pytest.fixture(scope="module")
+def events():
+    """120 users with 3 favourite interests among D = 40 over 2010-2016, plus special users:
+    7001 one behaviour, 7002 two periods five years apart, 7003 a life of three months."""
+    rng = np.random.default_rng(0)
+    n = 12_000
+    user = rng.integers(0, 120, n)
+    favourite = rng.integers(0, 40, (120, 3))
+    interest = np.where(rng.random(n) < 0.8, favourite[user, rng.integers(0, 3, n)], rng.integers(0, 40, n))
+    t = rng.integers(ts("2010-01-01"), ts("2016-12-31"), n)
+    special = pd.DataFrame({
+        "user": [7001, 7002, 7002, 7003, 7003, 7003],
+        "interest": [1, 2, 3, 4, 5, 6],
+        "t": [ts("2012-05-03"), ts("2010-03-10"), ts("2015-07-01"), ts("2014-01-02"), ts("2014-02-02"), ts("2014-03-30")],
+    })
+    df = pd.concat([pd.DataFrame({"user": user, "interest": interest, "t": t}), special]).sort_values(["user", "t"])
+    return df.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def boi(events):
+    return boi_from_events(events.user.to_numpy(), events.interest.to_numpy(), events.t.to_numpy(), 40)
+
+
+@pytest.fixture(scope="module")
+def trained(boi):
+    model, history = train_smen(boi, SMEN_TINY, TRAIN_TINY, "cpu", seed=0, progress=False)
+    return model, history
+
+
+def test_period_start_ts_follows_the_boi_period_convention():
+    assert period_start_ts("month", np.array([0, 48 * 12 + 1])).tolist() == [0, ts("2018-02-01")]
+    assert period_start_ts("year", np.array([48])).tolist() == [ts("2018-01-01")]
+    assert period_start_ts("7d", np.array([3])).tolist() == [3 * 7 * 86_400]
+
+
+def _rows_of(timeline: Timeline, k: int, A: int, B: int, inside: bool = False) -> int:
+    """Number of periods of user k overlapping (or inside) [A, B), counted one by one."""
+    rows = range(timeline.seqs.user_ptr[k], timeline.seqs.user_ptr[k + 1])
+    if inside:
+        return sum(A <= timeline.start_ts[r] and timeline.end_ts[r] <= B for r in rows)
+    return sum(timeline.start_ts[r] < B and timeline.end_ts[r] > A for r in rows)
+
+
+def test_views_are_spans_of_one_user_with_the_years_they_touch(boi):
+    config = dataclasses.replace(TRAIN_TINY, period_dropout=0.0)
+    sampler = PairSampler(boi, ("month", "year"), config)
+    k = sampler.users
+    A, B = sampler.spans(np.concatenate([k, k]), np.random.default_rng(1))
+    batch = sampler.sample(k, np.random.default_rng(1))  # draws the same spans first
+    months = (B - A) / (30.44 * 86_400)
+    assert (months <= config.max_periods + 0.5).all()
+    for scale in ("month", "year"):
+        timeline, index = sampler.timelines[scale], sampler.index[scale][np.concatenate([k, k])]
+        expected = [_rows_of(timeline, index[v], A[v], B[v]) for v in range(len(A))]
+        assert batch[scale].lengths.tolist() == expected
+        assert (batch[scale].lengths >= 1).all()  # a view is never empty
+
+
+def test_short_lives_still_yield_pairs(boi):
+    sampler = PairSampler(boi, ("month", "year"), dataclasses.replace(TRAIN_TINY, period_dropout=0.0))
+    k = sampler.timelines["month"].user_index(np.array([7001, 7003]))
+    A, B = sampler.spans(np.concatenate([k, k]), np.random.default_rng(0))
+    # one period: both views are that month; three months < min_subseq_periods: the whole life
+    assert A.tolist() == [ts("2012-05-01"), ts("2014-01-01")] * 2
+    assert B.tolist() == [ts("2012-06-01"), ts("2014-04-01")] * 2
+    batch = PairSampler(boi, ("month", "year"), dataclasses.replace(TRAIN_TINY, period_dropout=0.9)).sample(
+        k, np.random.default_rng(0))
+    assert (batch["month"].lengths >= 1).all() and (batch["year"].lengths == 1).all()  # one period always kept
+
+
+def test_loss_falls_and_history_has_steps_and_epoch_means(boi, trained):
+    _, history = trained
+    steps_per_epoch = len(history["step"]) // 2
+    assert len(history["epoch"]) == 2 and steps_per_epoch >= 3
+    assert history["epoch"][1] < history["epoch"][0]
+    assert history["epoch"][0] == pytest.approx(np.mean(history["step"][:steps_per_epoch]))
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(boi, trained, tmp_path):
+    ckpt = tmp_path / "smen_ckpt.pt"
+    one_epoch = dataclasses.replace(TRAIN_TINY, epochs=1)
+    train_smen(boi, SMEN_TINY, one_epoch, "cpu", seed=0, checkpoint_path=ckpt, progress=False)  # then "killed"
+    resumed, history = train_smen(boi, SMEN_TINY, TRAIN_TINY, "cpu", seed=0, checkpoint_path=ckpt, progress=False)
+    straight, straight_history = trained
+    assert history == straight_history
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+    with pytest.raises(ValueError, match="another SMEN config or seed"):
+        train_smen(boi, SMEN_TINY, TRAIN_TINY, "cpu", seed=1, checkpoint_path=ckpt, progress=False)
+
+
+def test_encoding_is_deterministic_follows_user_ids_and_zero_for_absent_users(boi, trained):
+    model, _ = trained
+    ids = np.array([7002, 5, 999_999, 7001, 17, 3])
+    reps = encode_users(model, boi, ids, "cpu", batch_size=4)
+    assert reps.dtype == np.float32 and reps.shape == (6, 3 * 8)
+    np.testing.assert_array_equal(reps, encode_users(model, boi, ids, "cpu", batch_size=4))
+    shuffled = encode_users(model, boi, ids[::-1], "cpu", batch_size=512)
+    np.testing.assert_allclose(shuffled[::-1], reps, rtol=1e-5, atol=1e-6)
+    assert not reps[2].any() and reps[[0, 1, 3, 4, 5]].any(axis=1).all()
+    assert model.training is False
+
+
+def test_last_months_window_equals_encoding_the_cut_history(events, boi, trained):
+    model, _ = trained
+    end, months = ts("2014-03-15"), 5  # window [2013-11-01, 2014-03-15)
+    ids = np.array([3, 7003, 7001, 50])  # 7001: no behaviour in the window
+
+    def cut_boi(month_start, month_end, year_start, year_end):
+        """BoI rebuilt from the events of [month_start, month_end) and [year_start, year_end)."""
+        m = events[(events.t >= ts(month_start)) & (events.t < ts(month_end))]
+        y = events[(events.t >= ts(year_start)) & (events.t < ts(year_end))]
+        return {"month": boi_from_events(m.user.to_numpy(), m.interest.to_numpy(), m.t.to_numpy(), 40)["month"],
+                "year": boi_from_events(y.user.to_numpy(), y.interest.to_numpy(), y.t.to_numpy(), 40)["year"]}
+
+    # "overlap": every period the window touches, whole: months 2013-11..2014-03, years 2013-2014
+    reps = encode_users(model, boi, ids, "cpu", last_months=months, history_end_ts=end)
+    expected = encode_users(model, cut_boi("2013-11-01", "2014-04-01", "2013-01-01", "2015-01-01"), ids, "cpu")
+    np.testing.assert_allclose(reps, expected, rtol=1e-5, atol=1e-6)
+    assert not reps[2].any()
+    # "inside": months 2013-11..2014-02 and no year (none lies inside the window)
+    inside = encode_users(model, boi, ids, "cpu", last_months=months, history_end_ts=end, coarse_rows="inside")
+    expected = encode_users(model, cut_boi("2013-11-01", "2014-03-01", "2000-01-01", "2000-01-01"), ids, "cpu")
+    np.testing.assert_allclose(inside, expected, rtol=1e-5, atol=1e-6)
+    # no history_end_ts: each user's own last K months (7002: 2015-07 only, not 2010-03)
+    own = encode_users(model, boi, np.array([7002]), "cpu", last_months=3)
+    np.testing.assert_array_equal(own, encode_users(model, boi, np.array([7002]), "cpu", last_months=3,
+                                                    history_end_ts=ts("2015-08-01")))
+    assert not np.allclose(own, encode_users(model, boi, np.array([7002]), "cpu"))
+
+
+def test_anchor_outputs_average_the_multi_anchor_outputs_over_periods(boi, trained):
+    model, _ = trained
+    ids = np.array([7002, 999_999])
+    out = anchor_outputs(model, boi, ids, "cpu")
+    assert out.shape == (2, 3, 8) and not out[1].any()
+    month = boi["month"]
+    k = int(np.searchsorted(month.user_ids, 7002))
+    x = collate_rows(month, np.arange(month.user_ptr[k], month.user_ptr[k + 1]), np.array([2]))
+    with torch.no_grad():
+        np.testing.assert_allclose(out[0], model.multi_anchor(x).mean(0).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_user_reps_round_trip(tmp_path):
+    ids, reps = np.array([4, 2, 9]), np.random.default_rng(0).random((3, 6)).astype(np.float32)
+    loaded_ids, loaded = load_user_reps(save_user_reps(tmp_path / "user_reps.npz", ids, reps))
+    assert loaded_ids.tolist() == [4, 2, 9]
+    np.testing.assert_array_equal(loaded, reps)
