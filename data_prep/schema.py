@@ -560,6 +560,8 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
             values, counts = np.unique(y.astype(str), return_counts=True)
             stats["classes"] = {str(v): int(c) for v, c in zip(values, counts)}
         summary["tasks"][task["name"]] = stats
+    if "prep_report" in dataset.meta:  # counts of what a raw source dropped or skipped
+        summary["prep_report"] = dataset.meta["prep_report"]
     return summary
 
 
@@ -569,16 +571,15 @@ def _title_word_stats(titles: pd.Series) -> dict[str, float]:
     return {"mean": round(float(words.mean()), 2), "p95": round(float(np.percentile(words, 95)), 1), "max": int(words.max())}
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """Readable multi-line rendering of :func:`summarize`'s dict."""
+def format_summary(summary: dict[str, Any], indent: str = "") -> str:
+    """Readable multi-line rendering of :func:`summarize`'s dict (nested dicts indented)."""
     lines = []
     for key, value in summary.items():
-        if key == "tasks":
-            lines.append("tasks:")
-            for name, stats in value.items():
-                lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+        if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+            lines.append(f"{indent}{key}:")
+            lines.append(format_summary(value, indent + "  "))
         elif isinstance(value, dict):
-            lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+            lines.append(f"{indent}{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
         else:
-            lines.append(f"{key}: {value}")
+            lines.append(f"{indent}{key}: {value}")
     return "\n".join(lines)
