@@ -58,6 +58,7 @@ class ClusteringConfig:
     max_points_per_centroid: int = 256  # faiss subsamples to D * this many training points
     soft_top_k: int = 3  # soft assignment: clusters per item
     large_d_threshold: int = 20_000  # from this D on, use the two-level large-D path
+    init: str = "random"  # centroid seeding: "random" (cheap at any D), "kmeans++" (O(n D H), robust), "afk_mc2"
     coarse_clusters: int | None = None  # large-D path: first-level clusters (None: round(sqrt(D)))
     assign_nprobe: int = 32  # large-D path: IVF lists of centroids scanned per item when assigning
 

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from lurm_lite.clustering import (
+    _normalise,
+    _split_counts,
+    assign_hard,
+    assign_soft,
+    cluster_report,
+    mean_cosine_to_centroid,
+    train_centroids,
+    two_level_centroids,
+)
+from lurm_lite.config import ClusteringConfig
+
+
+def _blobs(n_blobs, per_blob, dim, spread, seed=0):
+    """Unit vectors scattered around ``n_blobs`` random directions on the sphere."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_blobs, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(n_blobs), per_blob)
+    points = centres[labels] + spread * rng.normal(size=(len(labels), dim)) / np.sqrt(dim)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points.astype(np.float32), labels
+
+
+def test_kmeans_recovers_well_separated_blobs():
+    points, labels = _blobs(n_blobs=10, per_blob=200, dim=16, spread=0.2)
+    config = ClusteringConfig(niter=20, sample_size=1500, init="kmeans++")
+    centroids = train_centroids(points, 10, config, seed=0)
+    assert centroids.shape == (10, 16) and centroids.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    predicted = assign_hard(points, centroids)
+    assert predicted.dtype == np.int64
+    assert normalized_mutual_info_score(labels, predicted) > 0.99
+    assert adjusted_rand_score(labels, predicted) > 0.99
+
+
+def test_hard_assignment_is_the_nearest_centroid_by_cosine():
+    rng = np.random.default_rng(1)
+    points, centroids = rng.normal(size=(300, 8)), rng.normal(size=(20, 8))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_array_equal(assign_hard(points, centroids), (unit(points) @ unit(centroids).T).argmax(1))
+
+
+def test_soft_assignment_weights_top_k_by_cosine_and_rows_sum_to_one():
+    centroids = np.eye(4, dtype=np.float32)
+    points = np.array([[3.0, 1.0, 0.0, 0.0],  # cosines 0.949, 0.316 with c_0, c_1
+                       [-4.0, -3.0, -2.0, -1.0]], dtype=np.float32)  # no positive cosine: all on c_3
+    soft = assign_soft(points, centroids, top_k=2)
+    assert soft.shape == (2, 4) and soft.dtype == np.float32
+    np.testing.assert_allclose(soft.toarray(), [[0.75, 0.25, 0, 0], [0, 0, 0, 1.0]], atol=1e-6)
+
+    points, _ = _blobs(n_blobs=5, per_blob=50, dim=8, spread=1.0, seed=2)
+    soft = assign_soft(points, train_centroids(points, 12, ClusteringConfig(niter=5), seed=0), top_k=3)
+    np.testing.assert_allclose(np.asarray(soft.sum(axis=1)).ravel(), 1.0, atol=1e-6)
+    assert np.all(np.diff(soft.indptr) <= 3)
+
+
+def test_split_counts_is_proportional_bounded_and_exact():
+    sizes = np.array([1000, 10, 1, 0, 3, 500])
+    counts = _split_counts(sizes, 100)
+    assert counts.sum() == 100
+    assert np.all(counts <= sizes) and np.all(counts[sizes > 0] >= 1) and counts[3] == 0
+    assert counts[0] > counts[5] > counts[1]
+    np.testing.assert_array_equal(_split_counts(np.array([2, 2, 5]), 9), [2, 2, 5])
+
+
+def test_large_d_path_objective_within_two_percent_of_flat_kmeans():
+    points, _ = _blobs(n_blobs=150, per_blob=40, dim=24, spread=0.8, seed=3)
+    config = ClusteringConfig(niter=15, sample_size=len(points), large_d_threshold=10**9)
+    flat = train_centroids(points, 400, config, seed=0)
+    two_level = two_level_centroids(points, 400, config, seed=0)
+    assert two_level.shape == (400, 24)
+    flat_objective = mean_cosine_to_centroid(points, flat, assign_hard(points, flat))
+    two_level_objective = mean_cosine_to_centroid(points, two_level, assign_hard(points, two_level))
+    assert two_level_objective > 0.98 * flat_objective
+
+    # The IVF assignment of the large-D path agrees with exact search on nearly every item.
+    fast = assign_hard(points, two_level, nprobe=8)
+    exact = assign_hard(points, two_level)
+    assert (fast == exact).mean() > 0.97
+    assert mean_cosine_to_centroid(points, two_level, fast) > 0.995 * two_level_objective
+
+
+def test_train_centroids_takes_the_large_d_path_from_the_threshold():
+    points = _normalise(_blobs(n_blobs=20, per_blob=30, dim=8, spread=0.5, seed=4)[0])
+    config = ClusteringConfig(niter=5, large_d_threshold=50, coarse_clusters=6)
+    centroids = train_centroids(points, 60, config, seed=0)
+    np.testing.assert_allclose(centroids, two_level_centroids(points, 60, config, seed=0), atol=1e-6)
+
+
+def test_too_few_items_for_d_is_a_clear_error():
+    with pytest.raises(ValueError, match="lower D"):
+        train_centroids(np.ones((5, 4), np.float32), 10, ClusteringConfig(), seed=0)
+
+
+def test_cluster_report_counts_sizes_and_empty_clusters():
+    report = cluster_report(np.array([0, 0, 2, 2, 2, 4]), 5)
+    np.testing.assert_array_equal(report["sizes"], [2, 0, 3, 0, 1])
+    assert report["n_empty"] == 2 and report["empty_clusters"].tolist() == [1, 3]
+    assert report["size_max"] == 3 and report["n_items"] == 6
+    assert report["imbalance"] == pytest.approx(5 * (4 + 9 + 1) / 36)
+    soft = assign_soft(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), top_k=1)
+    np.testing.assert_allclose(cluster_report(soft, 3)["sizes"], [1, 1, 1])
