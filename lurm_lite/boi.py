@@ -4,18 +4,34 @@ For a user and a time period t with behaviours S_t = {x_1..x_|S_t|}, the BoI fea
 
     b_t = [log(1 + sum_i I(x_i in c_1)), ..., log(1 + sum_i I(x_i in c_D))]   in R^D
 
-where c_1..c_D are the D interests (k-means clusters of item embeddings).
+where c_1..c_D are the D interests (k-means clusters of item embeddings). With a soft
+assignment each behaviour spreads a unit mass over its interests, and the count of c_j is
+the sum of the behaviours' weights on c_j.
+
+BoI is a sparse group-by count over behaviours sorted by (user, ts) (DESIGN.md, performance
+principles). Behaviours are processed in cache-sized blocks of whole users: the period of
+every behaviour (calendar month and year in the same pass), the row of its (user, period)
+from the changes along the sorted arrays, then one sort of the composite key
+row * D + interest whose runs are the counts. No Python loop per behaviour or per user;
+memory is bounded by one chunk of users plus the output.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from lurm_lite.runs import save_npz
+
+DAY_SECONDS = 86_400
+LIFE = "life"  # granularity of whole_life_boi: one period per user
+_FIXED_INTERVAL = re.compile(r"^([1-9][0-9]*)d$")
+_MAX_BLOCK_BEHAVIORS = 1 << 16  # behaviours per block: its temporaries stay in the CPU cache
 
 
 @dataclass
@@ -73,3 +89,330 @@ def load_boi(path: str | Path) -> BoISequences:
             period=f["period"],
             granularity=str(f["granularity"]),
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Periods: calendar month, calendar year, fixed interval of N days
+# ---------------------------------------------------------------------------------------
+
+
+def _check_granularity(granularity: str) -> None:
+    if granularity not in ("month", "year", LIFE) and not _FIXED_INTERVAL.match(granularity):
+        raise ValueError(f"granularity must be 'month', 'year' or '<N>d' (e.g. '7d'); got {granularity!r}")
+
+
+class _MonthOfDay:
+    """Day index (days since 1970-01-01) -> calendar month index (months since 1970-01), as a
+    lookup table over the days seen so far, grown on demand (one gather per behaviour)."""
+
+    def __init__(self) -> None:
+        self.first_day = 0
+        self.table = np.zeros(0, dtype=np.int64)
+
+    def __call__(self, days: np.ndarray) -> np.ndarray:
+        lo, hi = int(days.min()), int(days.max()) + 1
+        if lo < self.first_day or hi > self.first_day + len(self.table):
+            if len(self.table):
+                lo, hi = min(lo, self.first_day), max(hi, self.first_day + len(self.table))
+            margin = max(hi - lo, 3660)  # ten years or more of slack, so the table is rarely rebuilt
+            day_range = np.arange(lo - margin, hi + margin)
+            self.table = day_range.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+            self.first_day = lo - margin
+        return self.table[days - self.first_day]
+
+
+def period_index(ts: np.ndarray, granularity: str) -> np.ndarray:
+    """Period of each timestamp (unix seconds, UTC): months since 1970-01 (``month``), years
+    since 1970 (``year``), ``ts // (N * 86400)`` (``<N>d``), 0 (``life``). (n,) int64."""
+    _check_granularity(granularity)
+    return _periods(np.asarray(ts, dtype=np.int64), (granularity,), _MonthOfDay())[granularity]
+
+
+def _periods(ts: np.ndarray, granularities: Sequence[str], month_of_day: _MonthOfDay) -> dict[str, np.ndarray]:
+    """Period index of every behaviour at every granularity; month and year share one pass
+    (year = floor(month / 12))."""
+    out = {}
+    if "month" in granularities or "year" in granularities:
+        month = month_of_day(ts // DAY_SECONDS)  # (n,)
+        if "month" in granularities:
+            out["month"] = month
+        if "year" in granularities:
+            out["year"] = month // 12
+    for granularity in granularities:
+        if granularity == LIFE:
+            out[granularity] = np.zeros(len(ts), dtype=np.int64)
+        elif match := _FIXED_INTERVAL.match(granularity):
+            out[granularity] = ts // (int(match.group(1)) * DAY_SECONDS)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Counting one block of whole users
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _BlockCounts:
+    """The BoI rows of one block: row r has ``row_nnz[r]`` entries (cols, values)."""
+
+    row_user: np.ndarray  # (R,) int64
+    row_period: np.ndarray  # (R,) int64
+    row_nnz: np.ndarray  # (R,) int64
+    cols: np.ndarray  # (nnz,) int32 interest j
+    values: np.ndarray  # (nnz,) float32 log(1 + count)
+
+
+def _row_starts(user_ids: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Where a new (user, period) row starts along sorted behaviours: (R,) int64 positions.
+
+    Raises when the behaviours are not sorted by (user, ts), i.e. when some step between two
+    consecutive rows goes down in user id, or back in period within a user (checked at the
+    R row starts only: inside a row both steps are 0).
+    """
+    user_step = user_ids[1:] - user_ids[:-1]  # (n-1,)
+    period_step = period[1:] - period[:-1]  # (n-1,)
+    starts = np.flatnonzero(np.r_[True, (user_step | period_step) != 0])  # (R,)
+    user_step, period_step = user_step[starts[1:] - 1], period_step[starts[1:] - 1]  # (R-1,)
+    if (user_step < 0).any() or ((period_step < 0) & (user_step == 0)).any():
+        raise ValueError("behaviours must be sorted by (user_id, ts) (the data contract); sort them first")
+    return starts
+
+
+def _row_of_behavior(starts: np.ndarray, n: int, dtype) -> np.ndarray:
+    """(n,) row index of each behaviour given the row starts."""
+    new_row = np.zeros(n, dtype=dtype)
+    new_row[starts[1:]] = 1
+    return np.cumsum(new_row, dtype=dtype)
+
+
+def _key_dtype(n_rows: int, n_interests: int):
+    """uint32 composite keys row * D + interest when they fit (sorting is ~2x faster)."""
+    return np.uint32 if n_rows * n_interests <= np.iinfo(np.uint32).max else np.int64
+
+
+def _count_hard(starts: np.ndarray, interest: np.ndarray, n_interests: int):
+    """Counts of (row, interest) pairs: one sort of the key row * D + interest, then run lengths.
+
+    Returns (row_nnz (R,), cols (nnz,) int32, values (nnz,) float32 = log(1 + count)).
+    """
+    dtype = _key_dtype(len(starts), n_interests)
+    key = _row_of_behavior(starts, len(interest), dtype)  # (n,) row
+    key *= dtype(n_interests)
+    key += interest.astype(dtype, copy=False)  # (n,) row * D + interest
+    key.sort()
+    run_starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # (nnz,)
+    counts = np.diff(run_starts, append=len(key))  # (nnz,) behaviours per (row, interest)
+    unique_keys = key[run_starts]  # (nnz,) ascending: rows, then interests within a row
+    entry_row = unique_keys // dtype(n_interests)
+    cols = (unique_keys - entry_row * dtype(n_interests)).astype(np.int32)
+    values = np.log1p(counts.astype(np.float32))  # b_t entries, eq. (4)
+    return np.bincount(entry_row, minlength=len(starts)), cols, values
+
+
+def _count_soft(starts: np.ndarray, items: np.ndarray, soft: sp.csr_matrix, n_interests: int):
+    """Summed weights of (row, interest) pairs: behaviour b adds soft[item_b, j] to interest j."""
+    first_entry = soft.indptr[items]  # (n,)
+    n_entries = soft.indptr[items + 1] - first_entry  # (n,) interests per behaviour
+    entry_offset = np.cumsum(n_entries) - n_entries  # (n,) where each behaviour's entries start
+    entry = np.repeat(first_entry - entry_offset, n_entries) + np.arange(int(n_entries.sum()))  # (E,)
+    row = _row_of_behavior(starts, len(items), np.int64)  # (n,)
+    key = np.repeat(row, n_entries) * n_interests + soft.indices[entry]  # (E,) int64
+    order = np.argsort(key, kind="stable")  # stable: each sum adds in behaviour order
+    key = key[order]
+    run_starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # (nnz,)
+    sums = np.add.reduceat(soft.data[entry[order]], run_starts)  # (nnz,) float64
+    unique_keys = key[run_starts]
+    entry_row = unique_keys // n_interests
+    cols = (unique_keys - entry_row * n_interests).astype(np.int32)
+    return np.bincount(entry_row, minlength=len(starts)), cols, np.log1p(sums).astype(np.float32)
+
+
+def _count_block(user_ids, item_ids, ts, assignment, n_interests, granularities, month_of_day) -> dict:
+    """BoI rows of one block of whole users at every granularity (periods computed once)."""
+    periods = _periods(ts, granularities, month_of_day)
+    soft = sp.issparse(assignment)
+    interest = None if soft else assignment[item_ids]  # (n,) hard: c_j of each behaviour
+    out = {}
+    for granularity in granularities:
+        starts = _row_starts(user_ids, periods[granularity])
+        if soft:
+            row_nnz, cols, values = _count_soft(starts, item_ids, assignment, n_interests)
+        else:
+            row_nnz, cols, values = _count_hard(starts, interest, n_interests)
+        out[granularity] = _BlockCounts(user_ids[starts], periods[granularity][starts], row_nnz, cols, values)
+    return out
+
+
+def _user_blocks(user_ids: np.ndarray, block_size: int) -> Iterator[slice]:
+    """Slices of ~block_size behaviours that never split a user (sorted ``user_ids``)."""
+    n = len(user_ids)
+    targets = np.arange(block_size, n, block_size)
+    cuts = np.unique(np.searchsorted(user_ids, user_ids[targets], side="left"))  # starts of users
+    bounds = np.r_[0, cuts[cuts > 0], n]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi > lo:
+            yield slice(int(lo), int(hi))
+
+
+# ---------------------------------------------------------------------------------------
+# Public builders
+# ---------------------------------------------------------------------------------------
+
+
+def _normalise_assignment(assignment, n_interests: int):
+    if sp.issparse(assignment):
+        soft = sp.csr_matrix(assignment, dtype=np.float64)
+        soft.sort_indices()
+        if soft.shape[1] != n_interests:
+            raise ValueError(f"soft assignment has {soft.shape[1]} columns, expected D = {n_interests}")
+        return soft
+    hard = np.asarray(assignment)
+    if hard.ndim != 1:
+        raise ValueError("hard assignment must be (n_items,) interest ids; pass a CSR for soft")
+    if hard.size and (hard.min() < 0 or hard.max() >= n_interests):
+        raise ValueError(f"interest ids must lie in [0, {n_interests}); got [{hard.min()}, {hard.max()}]")
+    return hard.astype(np.uint32 if n_interests <= np.iinfo(np.uint32).max else np.int64)
+
+
+def build_boi_streaming(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    assignment: np.ndarray | sp.spmatrix,
+    n_interests: int,
+    granularities: Sequence[str] = ("month", "year"),
+    start_ts: int | None = None,
+    end_ts: int | None = None,
+) -> dict[str, BoISequences]:
+    """BoI sequences of eq. (4) from behaviours that arrive in chunks of whole users.
+
+    Each chunk is ``(user_ids, item_ids, ts)``, sorted by (user_id, ts), and holds every
+    behaviour of its users; users ascend across chunks (e.g. pyarrow batches of a Parquet
+    file sorted by the data contract and split on user boundaries). Only one chunk is in
+    memory at a time besides the output, so a 1e8-behaviour log need not be loaded whole.
+
+    Args:
+        chunks: iterable of (user_ids (n,) int, item_ids (n,) int, ts (n,) int64 seconds UTC).
+        assignment: item -> interest: (n_items,) int (hard) or (n_items, D) CSR whose rows sum
+            to 1 (soft; a behaviour adds its item's weights: count = sum of weights).
+        n_interests: D.
+        granularities: any of ``"month"``, ``"year"`` (calendar, UTC), ``"<N>d"`` (fixed
+            intervals of N days since 1970-01-01).
+        start_ts, end_ts: keep behaviours with start_ts <= ts < end_ts (None: unbounded).
+
+    Returns:
+        {granularity: BoISequences}; a user appears when it has a behaviour in the window.
+    """
+    granularities = tuple(granularities)
+    for granularity in granularities:
+        _check_granularity(granularity)
+    assignment = _normalise_assignment(assignment, n_interests)
+    month_of_day = _MonthOfDay()
+    # Blocks small enough that row * D + interest usually fits a uint32 key.
+    block_size = int(np.clip(np.iinfo(np.uint32).max // n_interests, 1 << 12, _MAX_BLOCK_BEHAVIORS))
+    parts: dict[str, list[_BlockCounts]] = {g: [] for g in granularities}
+    last_user = None
+    for user_ids, item_ids, ts in chunks:
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        item_ids = np.asarray(item_ids)
+        ts = np.asarray(ts, dtype=np.int64)
+        if start_ts is not None or end_ts is not None:
+            inside = np.ones(len(ts), dtype=bool)
+            if start_ts is not None:
+                inside &= ts >= start_ts
+            if end_ts is not None:
+                inside &= ts < end_ts
+            user_ids, item_ids, ts = user_ids[inside], item_ids[inside], ts[inside]
+        for block in _user_blocks(user_ids, block_size):
+            if last_user is not None and user_ids[block.start] <= last_user:
+                raise ValueError("behaviours must be sorted by (user_id, ts), and chunks must hold whole users "
+                                 "in ascending user_id order")
+            last_user = user_ids[block.stop - 1]
+            counts = _count_block(user_ids[block], item_ids[block], ts[block], assignment, n_interests,
+                                  granularities, month_of_day)
+            for granularity in granularities:
+                parts[granularity].append(counts[granularity])
+    return {g: _assemble(parts[g], n_interests, g) for g in granularities}
+
+
+def _assemble(parts: list[_BlockCounts], n_interests: int, granularity: str) -> BoISequences:
+    """Concatenate block rows into one CSR with its user_ptr and period index."""
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return BoISequences(sp.csr_matrix((0, n_interests), dtype=np.float32), empty, np.zeros(1, np.int64),
+                            empty, granularity)
+    row_user = np.concatenate([p.row_user for p in parts])
+    row_nnz = np.concatenate([p.row_nnz for p in parts])
+    nnz = int(row_nnz.sum())
+    index_dtype = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(len(row_nnz) + 1, dtype=index_dtype)
+    np.cumsum(row_nnz, out=indptr[1:])
+    cols = np.concatenate([p.cols for p in parts]).astype(index_dtype, copy=False)
+    matrix = sp.csr_matrix((np.concatenate([p.values for p in parts]), cols, indptr),
+                           shape=(len(row_nnz), n_interests), copy=False)
+    matrix.has_sorted_indices = True  # interests ascend within every row by construction
+    user_start = np.flatnonzero(np.r_[True, row_user[1:] != row_user[:-1]])
+    return BoISequences(
+        matrix=matrix,
+        user_ids=row_user[user_start],
+        user_ptr=np.r_[user_start, len(row_user)].astype(np.int64),
+        period=np.concatenate([p.row_period for p in parts]),
+        granularity=granularity,
+    )
+
+
+def _user_chunks(user_ids, item_ids, ts, chunk_users: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Views of sorted behaviour arrays, ``chunk_users`` users at a time."""
+    user_ids = np.asarray(user_ids)
+    user_start = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])  # (U,)
+    bounds = np.r_[user_start[::chunk_users], len(user_ids)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        yield user_ids[lo:hi], item_ids[lo:hi], ts[lo:hi]
+
+
+def build_boi(
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    ts: np.ndarray,
+    assignment: np.ndarray | sp.spmatrix,
+    n_interests: int,
+    granularities: Sequence[str] = ("month", "year"),
+    start_ts: int | None = None,
+    end_ts: int | None = None,
+    chunk_users: int = 50_000,
+) -> dict[str, BoISequences]:
+    """BoI feature sequences B = {b_t1..b_tN} of every user, eq. (4) and §2.2.
+
+    b_t = log(1 + count of the user's behaviours in period t on interest c_j), j = 1..D, for
+    every non-empty period t of every user, at each granularity (the multi-scale input of
+    §2.2.3: month and year). Behaviours in memory are streamed ``chunk_users`` users at a
+    time through :func:`build_boi_streaming`; the result does not depend on ``chunk_users``.
+
+    Args:
+        user_ids, item_ids, ts: (n,) behaviours sorted by (user_id, ts) (the data contract);
+            pass history-window behaviours, or the whole log with ``start_ts``/``end_ts``.
+        assignment: (n_items,) int interest per item (hard) or (n_items, D) CSR (soft).
+        n_interests: D.
+        granularities: ``"month"``, ``"year"``, ``"<N>d"``.
+        start_ts, end_ts: window start_ts <= ts < end_ts in unix seconds (None: unbounded).
+        chunk_users: users per chunk, bounds the working memory.
+
+    Returns:
+        {granularity: BoISequences}.
+    """
+    return build_boi_streaming(_user_chunks(user_ids, item_ids, ts, chunk_users), assignment, n_interests,
+                               granularities, start_ts, end_ts)
+
+
+def whole_life_boi(
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    ts: np.ndarray,
+    assignment: np.ndarray | sp.spmatrix,
+    n_interests: int,
+    start_ts: int | None = None,
+    end_ts: int | None = None,
+    chunk_users: int = 50_000,
+) -> BoISequences:
+    """b_T of §2.2: eq. (4) over the user's whole life cycle T (or the window
+    [start_ts, end_ts)), one row per user, period 0, granularity ``"life"``. This is the
+    'BoI' baseline: a D-dimensional sparse user representation."""
+    return build_boi(user_ids, item_ids, ts, assignment, n_interests, (LIFE,), start_ts, end_ts, chunk_users)[LIFE]
