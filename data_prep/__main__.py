@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     item_col=args.item_col, time_col=args.time_col, title_col=args.title_col,
                     category_col=args.category_col, history_end=args.history_end, label_end=args.label_end,
                     quiet=False)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, ValueError, OSError) as exc:  # OSError: missing files, no network to PyPI
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -59,7 +59,7 @@ AGE_BINS = (0, 18, 25, 35, 45, 50, 56, 200)  # ML-1M bins, [lo, hi)
 AGE_LABELS = ("Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ConnectionError):
     """``pip download`` of the wheel failed (no network to PyPI, or pip refused)."""
 
 

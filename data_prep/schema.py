@@ -558,7 +558,7 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
             stats["positive_rate"] = round(float(y.mean()), 4) if y.size else None
         else:
             values, counts = np.unique(y.astype(str), return_counts=True)
-            stats["classes"] = {str(v): int(c) for v, c in zip(values, counts)}
+            stats["classes"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
         summary["tasks"][task["name"]] = stats
     if "prep_report" in dataset.meta:  # counts of what a raw source dropped or skipped
         summary["prep_report"] = dataset.meta["prep_report"]

@@ -245,7 +245,8 @@ def _titles(cfg: SyntheticConfig, rng: np.random.Generator, names: list[str], to
     """Item titles from topic, category and filler words; 3-60 words, long-tailed."""
     n_topics, n_cat, n_items = topic_category.size, len(names), item_topic.size
     taken = set(FILLER_WORDS) | {n.lower() for n in names}
-    topic_vocab = np.array(_words(rng, n_topics * cfg.topic_words_per_topic, 3, taken)).reshape(n_topics, cfg.topic_words_per_topic)
+    per_topic = cfg.topic_words_per_topic
+    topic_vocab = np.array(_words(rng, n_topics * per_topic, 3, taken)).reshape(n_topics, per_topic)
     cat_vocab = np.array(_words(rng, n_cat * cfg.category_words, 3, taken)).reshape(n_cat, cfg.category_words)
     cat_vocab = np.concatenate([np.array([n.lower() for n in names])[:, None], cat_vocab], axis=1)
     noise_vocab = np.array(list(FILLER_WORDS) + _words(rng, cfg.noise_words, 2, taken))

@@ -115,7 +115,8 @@ def parse_time(values: pd.Series, path: Path, col: str, offset: int) -> np.ndarr
         bad = (numeric.isna() | (numeric % 1 != 0)).to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"{path.name}: column {col!r} must be integer unix seconds; data row {offset + i}: {values.iloc[i]!r}")
+            raise ValueError(f"{path.name}: column {col!r} must be integer unix seconds; "
+                             f"data row {offset + i}: {values.iloc[i]!r}")
         if numeric.abs().max() > 1e11:
             i = int(np.argmax(numeric.abs().to_numpy() > 1e11))
             raise ValueError(f"{path.name}: column {col!r} looks like milliseconds, not unix seconds; "
@@ -187,7 +188,8 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
         dup = pd.Series(codes).duplicated().to_numpy()
         if dup.any():
             i = int(np.argmax(dup))
-            raise ValueError(f"{path.name}: column {user_col!r} must be unique; data row {i}: {user_profile[user_col].iloc[i]!r} repeats")
+            raise ValueError(f"{path.name}: column {user_col!r} must be unique; "
+                             f"data row {i}: {user_profile[user_col].iloc[i]!r} repeats")
         user_profile = user_profile.drop(columns=[user_col]).assign(user_id=codes)
 
     u_parts, i_parts, t_parts = [], [], []

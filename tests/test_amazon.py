@@ -111,6 +111,7 @@ def test_target_categories_and_windows(raw, tmp_path):
                   label_end="2017-08-01", target_categories=["Books"])
     ds = validate(out)
     assert [t["name"] for t in ds.tasks] == ["future_Books"]
-    assert ds.meta["summary"]["tasks"]["future_Books"]["positive_rate"] == 0.5  # U1 (B002 in 2017-03) yes, U3 no; U2 has no history
+    # population: U1 and U3 (U2 has no history); U1 reviews B002 in 2017-03, U3 nothing in Books
+    assert ds.meta["summary"]["tasks"]["future_Books"]["positive_rate"] == 0.5
     with pytest.raises(ValueError, match="Toys"):
         prepare(raw["reviews"], raw["meta"], tmp_path / "bad", target_categories=["Toys"])

@@ -27,7 +27,7 @@ def fake_wheel(tmp_path):
     wheel = tmp_path / "fake.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("recbole/__init__.py", "")
-        for name, text in zip(movielens.RAW_FILES, (INTER, ITEM, USER)):
+        for name, text in zip(movielens.RAW_FILES, (INTER, ITEM, USER), strict=True):
             zf.writestr(f"{movielens.MEMBER_DIR}/{name}", text)
     return wheel
 

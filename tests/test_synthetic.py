@@ -79,7 +79,7 @@ def test_baby_interests_follow_child_age(ds, tiny_dataset):
     gt = tiny_dataset / "ground_truth"
     world = json.loads((gt / "world.json").read_text())
     profile = pd.read_parquet(gt / "user_profile.parquet").set_index("user_id")
-    window = dict(zip(world["baby_topics"], world["baby_topic_child_age_window"]))
+    window = dict(zip(world["baby_topics"], world["baby_topic_child_age_window"], strict=True))
     topic = np.load(gt / "item_topic.npy")[ds.behaviors["item_id"].to_numpy()]
     is_baby = np.isin(topic, world["baby_topics"])
     b = ds.behaviors[is_baby]
