@@ -22,6 +22,7 @@ The faiss GPU index is used only when ``faiss.get_num_gpus() > 0``.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -109,12 +110,21 @@ def two_level_centroids(points: np.ndarray, n_interests: int, config: Clustering
     counts = _split_counts(sizes, n_interests)  # (D1,), D_j
     order = np.argsort(coarse_of_point, kind="stable")
     bounds = np.r_[0, np.cumsum(sizes)]
-    centroids = [
-        _spherical_kmeans(points[order[bounds[j] : bounds[j + 1]]], int(counts[j]), config, seed + 1 + j)
-        for j in range(n_coarse)
-        if counts[j] > 0
-    ]
-    return np.concatenate(centroids)
+
+    def sub_centroids(j: int) -> np.ndarray:  # (D_j, H) centroids of coarse cluster j
+        return _spherical_kmeans(points[order[bounds[j] : bounds[j + 1]]], int(counts[j]), config, seed + 1 + j)
+
+    def sub_centroids_one_thread(j: int) -> np.ndarray:
+        faiss.omp_set_num_threads(1)  # for this worker thread only
+        return sub_centroids(j)
+
+    non_empty = [j for j in range(n_coarse) if counts[j] > 0]
+    if _use_gpu():
+        return np.concatenate([sub_centroids(j) for j in non_empty])
+    # The sub-problems are small (~n / D1 points each), where faiss' own threads cost more
+    # than they save; single-threaded k-means side by side, one per core, keep every core busy.
+    with ThreadPoolExecutor(max_workers=faiss.omp_get_max_threads()) as pool:
+        return np.concatenate(list(pool.map(sub_centroids_one_thread, non_empty)))
 
 
 def train_centroids(embeddings: np.ndarray, n_interests: int, config: ClusteringConfig, seed: int = 0) -> np.ndarray:
