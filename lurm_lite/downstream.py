@@ -1,0 +1,477 @@
+"""Downstream evaluation of frozen user representations (§3.2-3.5 of the paper).
+
+Stage II of the paper (§3.1, §3.4): the representation model is never fine-tuned; for each
+downstream task a small MLP (one hidden layer of 64, Adam lr 1e-3, batch 128) is trained on
+the representations of 80% of the task's users and tested on the other 20% (§3.2).
+
+- Labels (§3.2): *category preference identification* labels a user positive when they have
+  at least one behaviour in the label window on an item of the target category;
+  *user profiling prediction* takes a profile column of ``users.parquet``. The exact rules
+  are the data contract's (docs/architecture.md, section 1). Only users with at least one
+  history behaviour are labelled, since a representation is made from history alone.
+- Split (§3.2): one stratified 80/20 split per task, derived from the task's sorted user ids
+  and labels and the seed only, so every method is tested on the same users.
+- Metrics (§3.5, Tables 2-5): AUC and ACC; for multiclass tasks the macro one-vs-rest AUC.
+  A bootstrap over the test users gives a 95% interval for the AUC.
+- Results (Tables 2-5): methods as rows, tasks as columns, ``AUC/ACC`` in %, best in bold,
+  written as ``results.md`` beside the machine-readable ``results.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.nn import functional as F
+
+from data_prep import schema
+from data_prep.schema import Dataset
+from lurm_lite.config import DownstreamConfig
+from lurm_lite.runs import atomic_path, save_json
+
+Features = np.ndarray | sp.spmatrix  # (n_users, d) dense, or sparse CSR (TF-IDF, raw BoI)
+
+
+# ---------------------------------------------------------------------------------------
+# Labels (§3.2)
+# ---------------------------------------------------------------------------------------
+
+
+def task_labels(dataset: Dataset, task: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of one downstream task of ``dataset.json`` (§3.2), as class indices.
+
+    The users and their labels follow the data contract's rules, implemented once in
+    ``data_prep.schema.task_labels``:
+
+    - ``{"future_category": X}`` (category preference identification): 1 when the user has
+      at least one label-window behaviour on an item whose ``category``, split on ``|``,
+      contains X; over every user with a history behaviour, or with
+      ``"population": "active_in_label_window"`` only those who also act in the label window.
+    - ``{"profile": COLUMN}`` (user profiling prediction): the users.parquet column of users
+      with a history behaviour and a non-null label, encoded here as 0..K-1 in the sorted
+      order of its values.
+
+    Returns:
+        ``(user_ids (n,) int64 ascending, y (n,) int64)``.
+    """
+    user_ids, values = schema.task_labels(dataset, dict(task))
+    if "profile" not in task["rule"]:
+        return user_ids, values.astype(np.int64)
+    classes, y = np.unique(values, return_inverse=True)
+    if task.get("kind") == "binary" and len(classes) != 2:
+        raise ValueError(f"Binary task {task['name']!r} needs two label values; found {list(classes)}.")
+    return user_ids, y.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Split (§3.2)
+# ---------------------------------------------------------------------------------------
+
+
+def split_indices(y: np.ndarray, seed: int, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """The 80/20 split of §3.2: ``(train_idx, test_idx)``, stratified by ``y``.
+
+    It depends on ``y`` (in the ascending user-id order of :func:`task_labels`) and ``seed``
+    only, so every method sees the same test users. Stratification needs two users per
+    class; when a class is rarer the split is drawn unstratified, with a warning.
+    """
+    return _stratified_split(np.arange(len(y)), y, test_fraction, seed)
+
+
+def _stratified_split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    class_sizes = np.bincount(y)
+    class_sizes = class_sizes[class_sizes > 0]
+    n_held_out = math.ceil(fraction * len(y))
+    can_stratify = class_sizes.min() >= 2 and min(n_held_out, len(y) - n_held_out) >= len(class_sizes)
+    if not can_stratify:
+        warnings.warn(f"{len(y)} users in {len(class_sizes)} classes (smallest: {class_sizes.min()}) are too few "
+                      "for a stratified split: splitting without stratification.", stacklevel=3)
+    kept, held_out = train_test_split(index, test_size=fraction, stratify=y if can_stratify else None,
+                                      random_state=seed)
+    return np.sort(kept), np.sort(held_out)
+
+
+# ---------------------------------------------------------------------------------------
+# Probe (§3.4, "Downstream Model")
+# ---------------------------------------------------------------------------------------
+
+
+class SparseRowScaler:
+    """Scale sparse rows by one factor so that training rows have unit root-mean-square norm.
+
+    Sparse inputs are not centred (that would densify a 1e5-wide vector) and not scaled per
+    column either: per-column scaling would undo the weighting that the features carry
+    (TF-IDF's idf, BoI's log counts) and blow up rare columns (a word seen by one training
+    user gets multiplied by about sqrt(n_train) under unit variance). One global factor
+    only brings the inputs to the range that Adam's lr 1e-3 expects.
+    """
+
+    def fit(self, X_train: sp.spmatrix) -> "SparseRowScaler":
+        mean_squared_norm = X_train.multiply(X_train).sum() / max(X_train.shape[0], 1)
+        self.scale_ = float(1 / np.sqrt(mean_squared_norm)) if mean_squared_norm > 0 else 1.0
+        return self
+
+    def transform(self, X: sp.spmatrix) -> sp.csr_matrix:
+        return (sp.csr_matrix(X, dtype=np.float32) * np.float32(self.scale_)).tocsr()
+
+
+def fit_scaler(X_train: Features) -> StandardScaler | SparseRowScaler:
+    """Input scaling fitted on the training users only (§3.4 probe inputs).
+
+    Dense inputs are standardised per column with the training mean and std (sklearn
+    ``StandardScaler``); sparse inputs (TF-IDF, raw BoI) get :class:`SparseRowScaler`.
+    """
+    return SparseRowScaler().fit(X_train) if sp.issparse(X_train) else StandardScaler().fit(X_train)
+
+
+class MLPProbe(nn.Module):
+    """The downstream MLP of §3.4: one hidden layer (64), ReLU, one logit per class.
+
+    Dense input: ``forward`` takes a (B, F) float tensor. Sparse input (``sparse_input=True``):
+    the first layer is an ``nn.EmbeddingBag`` in ``sum`` mode, which computes the same
+    x @ W from a CSR batch ``(indices, offsets, values)`` at O(nonzeros x hidden) cost, so a
+    1e5-wide TF-IDF or BoI row is never densified. ``sparse_grad`` makes the gradient of W
+    sparse too (only the rows a batch touches), for very wide inputs.
+    """
+
+    def __init__(self, n_features: int, n_classes: int, hidden: int = 64, sparse_input: bool = False,
+                 sparse_grad: bool = False):
+        super().__init__()
+        self.sparse_input = sparse_input
+        if sparse_input:
+            self.hidden = nn.EmbeddingBag(n_features, hidden, mode="sum", sparse=sparse_grad)  # W: (F, hidden)
+            self.hidden_bias = nn.Parameter(torch.empty(hidden))
+            bound = 1 / math.sqrt(n_features)  # nn.Linear's initialisation
+            nn.init.uniform_(self.hidden.weight, -bound, bound)
+            nn.init.uniform_(self.hidden_bias, -bound, bound)
+        else:
+            self.hidden = nn.Linear(n_features, hidden)
+        self.out = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.sparse_input:
+            indices, offsets, values = x  # a CSR batch: column ids, row starts, values
+            h = self.hidden(indices, offsets, per_sample_weights=values) + self.hidden_bias  # (B, hidden)
+        else:
+            h = self.hidden(x)  # (B, hidden)
+        return self.out(F.relu(h))  # (B, n_classes) logits
+
+
+def _probe_input(X: Features, rows: np.ndarray, device: torch.device):
+    """Rows of X for :class:`MLPProbe`: a CSR triple for sparse X, a float32 tensor otherwise."""
+    if sp.issparse(X):
+        block = X[rows]
+        return (torch.from_numpy(block.indices.astype(np.int64)).to(device),
+                torch.from_numpy(block.indptr[:-1].astype(np.int64)).to(device),
+                torch.from_numpy(block.data.astype(np.float32)).to(device))
+    return torch.from_numpy(np.ascontiguousarray(X[rows], dtype=np.float32)).to(device)
+
+
+def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.ndarray, n_classes: int,
+                config: DownstreamConfig, seed: int, device: str | torch.device = "cpu") -> MLPProbe:
+    """Train the §3.4 probe with Adam (lr, batch size from ``config``); early stopping.
+
+    Inputs are already scaled (:func:`fit_scaler`). After every epoch the cross-entropy on
+    (``X_val``, ``y_val``) is measured; training stops after ``config.patience`` epochs
+    without improvement and the weights of the best epoch are restored. Sparse input with at
+    least ``config.sparse_grad_min_features`` columns trains the first layer's W (F, hidden)
+    with ``SparseAdam``, the Adam that updates only the rows of W a batch touches: at
+    F = 1e5 a dense Adam step over all of W costs about 15x more; below the threshold the
+    dense step is the cheaper one. Seeded: the same inputs give the same probe.
+    """
+    device = torch.device(device)
+    sparse_input = sp.issparse(X_fit)
+    sparse_grad = sparse_input and X_fit.shape[1] >= config.sparse_grad_min_features
+    with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
+        torch.manual_seed(seed)
+        probe = MLPProbe(X_fit.shape[1], n_classes, config.hidden, sparse_input, sparse_grad).to(device)
+    if sparse_grad:
+        dense_params = [p for name, p in probe.named_parameters() if name != "hidden.weight"]
+        optimizers = [torch.optim.SparseAdam([probe.hidden.weight], lr=config.lr),
+                      torch.optim.Adam(dense_params, lr=config.lr)]
+    else:
+        optimizers = [torch.optim.Adam(probe.parameters(), lr=config.lr)]
+    shuffle = torch.Generator().manual_seed(seed)
+    y_fit_t, y_val_t = torch.from_numpy(y_fit).to(device), torch.from_numpy(y_val)
+    best_loss, best_state, epochs_since_best = math.inf, copy.deepcopy(probe.state_dict()), 0
+    for _ in range(config.max_epochs):
+        probe.train()
+        for batch in torch.randperm(len(y_fit), generator=shuffle).split(config.batch_size):
+            logits = probe(_probe_input(X_fit, batch.numpy(), device))  # (B, K)
+            loss = F.cross_entropy(logits, y_fit_t[batch.to(device)])
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+        val_loss = F.cross_entropy(_logits(probe, X_val, config.batch_size * 8, device), y_val_t).item()
+        if val_loss < best_loss:
+            best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(probe.state_dict()), 0
+        else:
+            epochs_since_best += 1
+            if epochs_since_best >= config.patience:
+                break
+    probe.load_state_dict(best_state)
+    return probe
+
+
+@torch.no_grad()
+def _logits(probe: MLPProbe, X: Features, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(n, K) logits on the CPU, computed ``batch_size`` rows at a time in eval mode."""
+    probe.eval()
+    starts = range(0, X.shape[0], batch_size)
+    return torch.cat([probe(_probe_input(X, np.arange(s, min(s + batch_size, X.shape[0])), device)).cpu()
+                      for s in starts] or [torch.zeros(0, probe.out.out_features)])
+
+
+def predict_proba(probe: MLPProbe, X: Features, batch_size: int = 1024,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Class probabilities (n, K) float64, rows summing to 1."""
+    return torch.softmax(_logits(probe, X, batch_size, torch.device(device)).double(), dim=1).numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics (§3.5)
+# ---------------------------------------------------------------------------------------
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """AUC and ACC of Tables 2-5; macro one-vs-rest AUC when there are more than 2 classes."""
+    if proba.shape[1] == 2:
+        auc = roc_auc_score(y_true, proba[:, 1])
+    else:
+        auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=np.arange(proba.shape[1]))
+    return {"auc": float(auc), "acc": float(accuracy_score(y_true, proba.argmax(axis=1)))}
+
+
+def resample_auc(y_true: np.ndarray, proba: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUCs of many resamples of one test set at once: (R,) for ``counts`` (R, n).
+
+    ``counts[r, i]`` is how often test user i is drawn in resample r; the result equals
+    ``classification_metrics`` on the resampled users (sklearn's ``roc_auc_score`` with
+    ``sample_weight=counts[r]``). Ties count one half. For K > 2 classes it is the macro
+    average of the one-vs-rest AUCs. A resample missing a class gets NaN.
+    """
+    counts = np.atleast_2d(counts).astype(np.float64)
+    class_columns = [1] if proba.shape[1] == 2 else range(proba.shape[1])
+    per_class = []
+    for k in class_columns:
+        unique_scores, score_group = np.unique(proba[:, k], return_inverse=True)
+        positive = y_true == k
+        # (n, G) indicator of each user's score group; weights summed per group: (R, G)
+        group_of = sp.csr_matrix((np.ones(len(y_true)), (np.arange(len(y_true)), score_group)),
+                                 shape=(len(y_true), len(unique_scores)))
+        pos_weight = (group_of.T @ (counts * positive).T).T
+        neg_weight = (group_of.T @ (counts * ~positive).T).T
+        neg_below = np.cumsum(neg_weight, axis=1) - neg_weight
+        pairs_won = (pos_weight * (neg_below + 0.5 * neg_weight)).sum(axis=1)
+        n_pairs = pos_weight.sum(axis=1) * neg_weight.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class.append(np.where(n_pairs > 0, pairs_won / n_pairs, np.nan))
+    return np.mean(per_class, axis=0)
+
+
+def bootstrap_auc_ci(y_true: np.ndarray, proba: np.ndarray, n_resamples: int, seed: int,
+                     level: float = 0.95, chunk: int = 100) -> list[float]:
+    """Percentile bootstrap interval ``[lo, hi]`` of the test AUC (seeded).
+
+    Test users are drawn with replacement ``n_resamples`` times; resamples that miss a
+    class (AUC undefined) are skipped. Memory is bounded by ``chunk`` resamples at a time.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    aucs = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        draws = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n)
+        aucs.append(resample_auc(y_true, proba, counts))
+    aucs = np.concatenate(aucs)
+    aucs = aucs[~np.isnan(aucs)]
+    if len(aucs) == 0:
+        return [float("nan"), float("nan")]
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))]
+
+
+# ---------------------------------------------------------------------------------------
+# One method on every task
+# ---------------------------------------------------------------------------------------
+
+
+def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: int,
+                  device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Split, standardise, train the probe and score it on one task (§3.2-3.4).
+
+    ``X`` rows are the task's users in ascending id order and ``y`` their labels
+    (as from :func:`task_labels`). The validation part for early stopping is
+    ``config.validation_fraction`` of the training 80%, stratified and seeded too.
+
+    Returns ``{"auc", "acc", "auc_ci95": [lo, hi], "n_test"}``.
+    """
+    n_classes = int(y.max()) + 1
+    train_idx, test_idx = split_indices(y, seed, config.test_fraction)
+    fit_idx, val_idx = _stratified_split(train_idx, y[train_idx], config.validation_fraction, seed)
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    scaler = fit_scaler(X[train_idx])
+    probe = train_probe(scaler.transform(X[fit_idx]), y[fit_idx], scaler.transform(X[val_idx]), y[val_idx],
+                        n_classes, config, seed, device)
+    proba = predict_proba(probe, scaler.transform(X[test_idx]), config.batch_size * 8, device)
+    metrics = classification_metrics(y[test_idx], proba)
+    metrics["auc_ci95"] = bootstrap_auc_ci(y[test_idx], proba, config.bootstrap, seed)
+    metrics["n_test"] = int(len(test_idx))
+    return metrics
+
+
+def all_task_labels(dataset: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`task_labels` of every task in ``dataset.meta["tasks"]``, by task name."""
+    return {task["name"]: task_labels(dataset, task) for task in dataset.tasks}
+
+
+def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: DownstreamConfig | None = None, seed: int = 0,
+             device: str | torch.device = "cpu",
+             labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate one representation on every downstream task (§3.2-3.5).
+
+    Args:
+        X: (n_users, d) representations, dense or sparse; row k belongs to ``user_ids[k]``.
+            Never changed: the representation model is frozen (§3.1, Stage II).
+        user_ids: (n_users,) ids of the rows of X, in any order; must cover every labelled user.
+        dataset: the dataset whose ``tasks`` are evaluated.
+        labels: ``all_task_labels(dataset)`` when already computed (it is the same for
+            every method).
+
+    Returns:
+        ``{task: {"auc", "acc", "auc_ci95": [lo, hi], "n_test"}}``; a task whose users all
+        share one label is skipped with a warning.
+    """
+    config = config or DownstreamConfig()
+    labels = all_task_labels(dataset) if labels is None else labels
+    row_of = pd.Index(np.asarray(user_ids))
+    if not row_of.is_unique:
+        raise ValueError("user_ids must be unique: each row of X is one user.")
+    X = X.tocsr() if sp.issparse(X) else X
+    results = {}
+    for task, (task_users, y) in labels.items():
+        if len(np.unique(y)) < 2:
+            warnings.warn(f"Task {task!r}: all {len(y)} users have the same label; skipped.", stacklevel=2)
+            continue
+        rows = row_of.get_indexer(task_users)
+        if (rows < 0).any():
+            raise ValueError(f"Task {task!r}: {(rows < 0).sum()} labelled users have no row in X, "
+                             f"e.g. user {task_users[rows < 0][0]}.")
+        results[task] = evaluate_task(X[rows], y, config, seed, device)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Results table (Tables 2-5) and results.json
+# ---------------------------------------------------------------------------------------
+
+
+def collect_results(dataset_name: str, split_seed: int,
+                    per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for method, per_task in per_method.items():
+        for task, metrics in per_task.items():
+            tasks.setdefault(task, {})[method] = {
+                "auc": float(metrics["auc"]), "acc": float(metrics["acc"]),
+                "auc_ci95": [float(v) for v in metrics["auc_ci95"]], "n_test": int(metrics["n_test"]),
+            }
+    return {"dataset": dataset_name, "split_seed": int(split_seed), "tasks": tasks}
+
+
+def validate_results(obj: Any) -> None:
+    """Check the results.json schema; raise ValueError naming the first offending field.
+
+    ``{"dataset": str, "split_seed": int, "tasks": {TASK: {METHOD: {"auc": float,
+    "acc": float, "auc_ci95": [lo, hi], "n_test": int}}}}`` with auc and acc in [0, 1].
+    """
+    def fail(where: str, what: str) -> None:
+        raise ValueError(f"results.json: {where} {what}")
+
+    if not isinstance(obj, dict):
+        fail("top level", f"must be an object, got {type(obj).__name__}")
+    for key in ("dataset", "split_seed", "tasks"):
+        if key not in obj:
+            fail(f"key {key!r}", "is missing")
+    if not isinstance(obj["dataset"], str):
+        fail("'dataset'", f"must be a string, got {obj['dataset']!r}")
+    if isinstance(obj["split_seed"], bool) or not isinstance(obj["split_seed"], int):
+        fail("'split_seed'", f"must be an integer, got {obj['split_seed']!r}")
+    if not isinstance(obj["tasks"], dict):
+        fail("'tasks'", "must be an object {task: {method: metrics}}")
+    for task, methods in obj["tasks"].items():
+        if not isinstance(methods, dict):
+            fail(f"tasks[{task!r}]", "must be an object {method: metrics}")
+        for method, m in methods.items():
+            where = f"tasks[{task!r}][{method!r}]"
+            if not isinstance(m, dict):
+                fail(where, "must be an object")
+            if set(m) != {"auc", "acc", "auc_ci95", "n_test"}:
+                fail(where, f"must have exactly auc, acc, auc_ci95, n_test; has {sorted(m)}")
+            for key in ("auc", "acc"):
+                value = m[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                    fail(f"{where}[{key!r}]", f"must be a fraction in [0, 1], got {value!r}")
+            ci = m["auc_ci95"]
+            if not (isinstance(ci, list) and len(ci) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)):
+                fail(f"{where}['auc_ci95']", f"must be a list [lo, hi] of two numbers, got {ci!r}")
+            if isinstance(m["n_test"], bool) or not isinstance(m["n_test"], int) or m["n_test"] < 1:
+                fail(f"{where}['n_test']", f"must be a positive integer, got {m['n_test']!r}")
+
+
+def results_markdown(results: Mapping[str, Any], methods: Sequence[str] | None = None) -> str:
+    """The results as a Markdown table in the form of Tables 2-5.
+
+    Methods are rows (in ``methods`` order, default: first appearance), tasks are columns,
+    cells are ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the best ACC are
+    bold (ties: all of them). A method without a result for a task shows ``-``.
+    """
+    tasks = list(results["tasks"])
+    if methods is None:
+        methods = list(dict.fromkeys(m for task in tasks for m in results["tasks"][task]))
+    lines = [f"Results on {results['dataset']} (AUC(%)/ACC(%), split seed {results['split_seed']}); "
+             "the best score per task is bold.", "",
+             "| Method | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
+
+    def cell(value: float, best: float) -> str:
+        text = f"{100 * value:.2f}"
+        return f"**{text}**" if round(100 * value, 2) == round(100 * best, 2) else text
+
+    best = {task: {key: max(m[key] for m in results["tasks"][task].values()) for key in ("auc", "acc")}
+            for task in tasks}
+    for method in methods:
+        cells = []
+        for task in tasks:
+            m = results["tasks"][task].get(method)
+            cells.append("-" if m is None else
+                         f"{cell(m['auc'], best[task]['auc'])}/{cell(m['acc'], best[task]['acc'])}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_results(results: Mapping[str, Any], json_path: str | Path,
+                 methods: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """Validate and write ``results.json`` and, beside it, ``results.md`` (both atomically)."""
+    validate_results(results)
+    json_path = Path(json_path)
+    save_json(json_path, results)
+    markdown_path = json_path.with_suffix(".md")
+    with atomic_path(markdown_path) as tmp:
+        tmp.write_text(results_markdown(results, methods))
+    return json_path, markdown_path
