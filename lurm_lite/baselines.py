@@ -1,0 +1,154 @@
+"""Competitor user representations of §3.3 and the BoI row of Table 5.
+
+Every function gives one vector per user from the behaviours it is handed (the history
+window, ``Dataset.history()``), with rows in the order of the ``user_ids`` it is given; a
+user without behaviours there gets a zero row.
+
+- TF-IDF and Doc2Vec (§3.3) "view the whole user behavior sequence as a document": the
+  titles of all the user's behaviours, concatenated in time order.
+- BoI (Table 5, first row): the raw whole-life Bag-of-Interests b_T of eq. (4), the
+  D-dimensional sparse input that SMEN compresses.
+- MeanItemEmb: the mean of the item embeddings (§2.1.1) of the user's behaviours, a simple
+  dense summary of the same item space LURM builds on.
+- LURM(2M) (§3.2): the trained SMEN fed only the last two months before the history end,
+  the input length the paper's competitors are limited to on the industrial dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from gensim.models.doc2vec import Doc2Vec, TaggedDocument
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from lurm_lite.boi import BoISequences, whole_life_boi
+from lurm_lite.smen import SMEN
+from lurm_lite.user_training import encode_users
+
+# gensim's training routines silently drop the words of a document after the first 10000;
+# longer documents are fed as several pieces that share the user's tag.
+GENSIM_MAX_WORDS = 10_000
+
+
+def _rows_of(user_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each ``wanted`` id in ``user_ids`` (-1 when absent)."""
+    index = pd.Index(np.asarray(user_ids))
+    if not index.is_unique:
+        raise ValueError("user_ids must be unique: each row is one user.")
+    return index.get_indexer(np.asarray(wanted))
+
+
+def user_documents(behaviors: pd.DataFrame, titles: np.ndarray, user_ids: np.ndarray) -> list[str]:
+    """The document of each user (§3.3): the titles of their behaviours joined by spaces.
+
+    Args:
+        behaviors: behaviours with ``user_id`` and ``item_id``, sorted by (user_id, ts), so
+            each document follows the user's time order.
+        titles: (n_items,) title of each item id.
+        user_ids: (n_users,) users, any order; a user without behaviours gets ``""``.
+
+    Grouping is vectorised (one pandas group-by over all behaviours, one ``str.join`` per
+    user), so a user with 1e4+ behaviours costs one long join, not a Python loop.
+    """
+    rows = _rows_of(user_ids, behaviors["user_id"].to_numpy())
+    kept = rows >= 0
+    words = pd.Series(np.asarray(titles, dtype=object)[behaviors["item_id"].to_numpy()[kept]])
+    joined = words.groupby(rows[kept], sort=False).agg(" ".join)
+    documents = np.full(len(user_ids), "", dtype=object)
+    documents[joined.index.to_numpy()] = joined.to_numpy()
+    return documents.tolist()
+
+
+def tfidf_features(behaviors: pd.DataFrame, items: pd.DataFrame, user_ids: np.ndarray,
+                   max_features: int | None = None) -> sp.csr_matrix:
+    """TF-IDF of each user's document (§3.3): (n_users, V) float32 CSR, rows L2-normalised.
+
+    scikit-learn's ``TfidfVectorizer`` (lower case, words of 2+ letters/digits), fitted on
+    the documents of the given users: unsupervised, no label is seen. ``max_features``
+    keeps the V most frequent words (None: all). The matrix stays sparse all the way into
+    the probe, whose first layer reads CSR rows through an ``nn.EmbeddingBag``
+    (``lurm_lite.downstream.MLPProbe``), after one global rescaling
+    (``downstream.SparseRowScaler``), so a 1e5-word vocabulary is never densified.
+    """
+    documents = user_documents(behaviors, items["title"].to_numpy(), user_ids)
+    vectorizer = TfidfVectorizer(max_features=max_features, dtype=np.float32)
+    return vectorizer.fit_transform(documents).tocsr()
+
+
+def doc2vec_features(behaviors: pd.DataFrame, items: pd.DataFrame, user_ids: np.ndarray, dim: int,
+                     epochs: int, seed: int, min_count: int = 2) -> np.ndarray:
+    """Doc2Vec of each user's document (§3.3): (n_users, dim) float32.
+
+    gensim's PV-DBOW (``dm=0``: the document vector alone predicts words sampled from the
+    document; no word vectors are trained), tokenised like :func:`tfidf_features`. Trained
+    with one worker thread and ``seed``, which makes it deterministic: the same inputs give
+    the same vectors (several workers would not). Documents longer than gensim's 10000-word
+    limit are fed in pieces that share the user's tag. Users without behaviours get a zero
+    row. Words seen fewer than ``min_count`` times are ignored.
+    """
+    documents = user_documents(behaviors, items["title"].to_numpy(), user_ids)
+    tokenize = TfidfVectorizer().build_analyzer()
+    corpus = []
+    for row, document in enumerate(documents):
+        words = tokenize(document)
+        corpus += [TaggedDocument(words[start:start + GENSIM_MAX_WORDS], [row])
+                   for start in range(0, len(words), GENSIM_MAX_WORDS)]
+    vectors = np.zeros((len(user_ids), dim), dtype=np.float32)
+    if not corpus:
+        return vectors
+    model = Doc2Vec(corpus, vector_size=dim, dm=0, epochs=epochs, seed=seed, workers=1, min_count=min_count)
+    trained = np.unique([doc.tags[0] for doc in corpus])
+    vectors[trained] = model.dv.vectors[trained]
+    return vectors
+
+
+def align_sparse_rows(matrix: sp.spmatrix, row_user_ids: np.ndarray, user_ids: np.ndarray) -> sp.csr_matrix:
+    """Rows of ``matrix`` (one per ``row_user_ids``) re-ordered to ``user_ids``; absent users -> zero rows."""
+    rows = _rows_of(row_user_ids, user_ids)
+    found = np.flatnonzero(rows >= 0)
+    selection = sp.csr_matrix((np.ones(len(found), dtype=np.float32), (found, rows[found])),
+                              shape=(len(user_ids), matrix.shape[0]))
+    return (selection @ matrix).tocsr()
+
+
+def boi_features(behaviors: pd.DataFrame, item_interest: np.ndarray | sp.spmatrix, n_interests: int,
+                 user_ids: np.ndarray) -> sp.csr_matrix:
+    """The raw whole-life BoI b_T of eq. (4) (Table 5, row "BoI"): (n_users, D) float32 CSR.
+
+    b_T = log(1 + count of the user's behaviours on each interest) over the whole history,
+    from :func:`lurm_lite.boi.whole_life_boi`; ``item_interest`` is the hard (n_items,) or
+    soft (n_items, D) assignment of §2.1.2. Sparse, it reaches the probe like TF-IDF.
+    """
+    b_T: BoISequences = whole_life_boi(behaviors["user_id"].to_numpy(), behaviors["item_id"].to_numpy(),
+                                       behaviors["ts"].to_numpy(), item_interest, n_interests)
+    return align_sparse_rows(b_T.matrix, b_T.user_ids, np.asarray(user_ids)).astype(np.float32)
+
+
+def mean_item_embedding(behaviors: pd.DataFrame, item_embeddings: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+    """Mean item embedding (§2.1.1 embeddings) of each user's behaviours: (n_users, H) float32.
+
+    One sparse (n_users, n_items) count matrix C (a repeated item counts each time) and one
+    product: C @ E / row counts.
+    """
+    rows = _rows_of(user_ids, behaviors["user_id"].to_numpy())
+    kept = rows >= 0
+    counts = sp.csr_matrix((np.ones(kept.sum(), dtype=np.float32), (rows[kept], behaviors["item_id"].to_numpy()[kept])),
+                           shape=(len(user_ids), item_embeddings.shape[0]))
+    n_behaviors = np.asarray(counts.sum(axis=1)).ravel()  # (n_users,)
+    sums = np.asarray(counts @ item_embeddings, dtype=np.float32)  # (n_users, H)
+    return sums / np.maximum(n_behaviors, 1)[:, None].astype(np.float32)
+
+
+def lurm_last_months(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray, history_end_ts: int,
+                     device: torch.device | str | None, months: int = 2) -> np.ndarray:
+    """LURM(2M) of §3.2: the frozen SMEN fed only the last ``months`` months: (n_users, M*H).
+
+    Only periods lying wholly inside [history_end - months, history_end) are kept
+    (``coarse_rows="inside"``): a year row would bring back up to a year of behaviours, so
+    with a 2-month window the year scale is empty and R^ comes from the month scale alone.
+    Users without a behaviour in the window get the encoding of an empty sequence.
+    """
+    return encode_users(model, boi, np.asarray(user_ids, dtype=np.int64), device, last_months=months,
+                        history_end_ts=history_end_ts, coarse_rows="inside")
