@@ -215,6 +215,8 @@ def _count_soft(starts: np.ndarray, items: np.ndarray, soft: sp.csr_matrix, n_in
     n_entries = soft.indptr[items + 1] - first_entry  # (n,) interests per behaviour
     entry_offset = np.cumsum(n_entries) - n_entries  # (n,) where each behaviour's entries start
     entry = np.repeat(first_entry - entry_offset, n_entries) + np.arange(int(n_entries.sum()))  # (E,)
+    if entry.size == 0:  # no behaviour of the block has an item with any interest weight
+        return np.zeros(len(starts), dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
     row = _row_of_behavior(starts, len(items), np.int64)  # (n,)
     key = np.repeat(row, n_entries) * n_interests + soft.indices[entry]  # (E,) int64
     order = np.argsort(key, kind="stable")  # stable: each sum adds in behaviour order

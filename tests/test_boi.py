@@ -168,3 +168,11 @@ def test_save_load_round_trip(tmp_path):
     loaded = load_boi(save_boi(tmp_path / "boi_month.npz", seqs))
     assert (loaded.matrix != seqs.matrix).nnz == 0 and loaded.granularity == "month"
     np.testing.assert_array_equal(loaded.user_ptr, seqs.user_ptr)
+
+
+def test_soft_items_without_weight_leave_an_empty_row():
+    soft = sp.csr_matrix(np.array([[0.0] * D, [0.5, 0.5] + [0.0] * (D - 2)]))
+    boi = build_boi(np.array([1, 2, 2]), np.array([0, 0, 1]), np.zeros(3, np.int64), soft, D, granularities=("year",))
+    np.testing.assert_allclose(boi["year"].matrix.toarray()[:, :2], [[0, 0], [math.log(1.5), math.log(1.5)]])
+    only_weightless = build_boi(np.array([1]), np.array([0]), np.zeros(1, np.int64), soft, D, granularities=("year",))
+    assert only_weightless["year"].matrix.shape == (1, D) and only_weightless["year"].matrix.nnz == 0
