@@ -19,11 +19,12 @@ the representations of 80% of the task's users and tested on the other 20% (§3.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -311,13 +312,32 @@ def bootstrap_auc_ci(y_true: np.ndarray, proba: np.ndarray, n_resamples: int, se
 # ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: str | torch.device) -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (restored after) when ``device`` is the CPU.
+
+    The probe is tiny (batch 128, hidden 64): intra-op threads only add synchronisation at
+    this size, and on a busy 2-core machine they made it about 10x slower.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: int,
                   device: str | torch.device = "cpu") -> dict[str, Any]:
     """Split, standardise, train the probe and score it on one task (§3.2-3.4).
 
     ``X`` rows are the task's users in ascending id order and ``y`` their labels
     (as from :func:`task_labels`). The validation part for early stopping is
-    ``config.validation_fraction`` of the training 80%, stratified and seeded too.
+    ``config.validation_fraction`` of the training 80%, stratified and seeded too. On the
+    CPU the probe runs on one thread (see :func:`_one_cpu_thread`).
 
     Returns ``{"auc", "acc", "auc_ci95": [lo, hi], "n_test"}``.
     """
@@ -326,9 +346,10 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     fit_idx, val_idx = _stratified_split(train_idx, y[train_idx], config.validation_fraction, seed)
     X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     scaler = fit_scaler(X[train_idx])
-    probe = train_probe(scaler.transform(X[fit_idx]), y[fit_idx], scaler.transform(X[val_idx]), y[val_idx],
-                        n_classes, config, seed, device)
-    proba = predict_proba(probe, scaler.transform(X[test_idx]), config.batch_size * 8, device)
+    with _one_cpu_thread(device):
+        probe = train_probe(scaler.transform(X[fit_idx]), y[fit_idx], scaler.transform(X[val_idx]), y[val_idx],
+                            n_classes, config, seed, device)
+        proba = predict_proba(probe, scaler.transform(X[test_idx]), config.batch_size * 8, device)
     metrics = classification_metrics(y[test_idx], proba)
     metrics["auc_ci95"] = bootstrap_auc_ci(y[test_idx], proba, config.bootstrap, seed)
     metrics["n_test"] = int(len(test_idx))
