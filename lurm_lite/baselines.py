@@ -32,7 +32,7 @@ from lurm_lite.user_training import encode_users
 GENSIM_MAX_WORDS = 10_000
 
 
-def _rows_of(user_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+def rows_of(user_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Position of each ``wanted`` id in ``user_ids`` (-1 when absent)."""
     index = pd.Index(np.asarray(user_ids))
     if not index.is_unique:
@@ -52,7 +52,7 @@ def user_documents(behaviors: pd.DataFrame, titles: np.ndarray, user_ids: np.nda
     Grouping is vectorised (one pandas group-by over all behaviours, one ``str.join`` per
     user), so a user with 1e4+ behaviours costs one long join, not a Python loop.
     """
-    rows = _rows_of(user_ids, behaviors["user_id"].to_numpy())
+    rows = rows_of(user_ids, behaviors["user_id"].to_numpy())
     kept = rows >= 0
     words = pd.Series(np.asarray(titles, dtype=object)[behaviors["item_id"].to_numpy()[kept]])
     joined = words.groupby(rows[kept], sort=False).agg(" ".join)
@@ -90,23 +90,24 @@ def doc2vec_features(behaviors: pd.DataFrame, items: pd.DataFrame, user_ids: np.
     """
     documents = user_documents(behaviors, items["title"].to_numpy(), user_ids)
     tokenize = TfidfVectorizer().build_analyzer()
-    corpus = []
-    for row, document in enumerate(documents):
-        words = tokenize(document)
-        corpus += [TaggedDocument(words[start:start + GENSIM_MAX_WORDS], [row])
+    ascending = np.argsort(np.asarray(user_ids), kind="stable")  # train in user-id order: rows then
+    corpus = []                                                  # do not depend on the order asked for
+    for tag, row in enumerate(ascending):
+        words = tokenize(documents[row])
+        corpus += [TaggedDocument(words[start:start + GENSIM_MAX_WORDS], [tag])
                    for start in range(0, len(words), GENSIM_MAX_WORDS)]
     vectors = np.zeros((len(user_ids), dim), dtype=np.float32)
     if not corpus:
         return vectors
     model = Doc2Vec(corpus, vector_size=dim, dm=0, epochs=epochs, seed=seed, workers=1, min_count=min_count)
     trained = np.unique([doc.tags[0] for doc in corpus])
-    vectors[trained] = model.dv.vectors[trained]
+    vectors[ascending[trained]] = model.dv.vectors[trained]
     return vectors
 
 
 def align_sparse_rows(matrix: sp.spmatrix, row_user_ids: np.ndarray, user_ids: np.ndarray) -> sp.csr_matrix:
     """Rows of ``matrix`` (one per ``row_user_ids``) re-ordered to ``user_ids``; absent users -> zero rows."""
-    rows = _rows_of(row_user_ids, user_ids)
+    rows = rows_of(row_user_ids, user_ids)
     found = np.flatnonzero(rows >= 0)
     selection = sp.csr_matrix((np.ones(len(found), dtype=np.float32), (found, rows[found])),
                               shape=(len(user_ids), matrix.shape[0]))
@@ -132,7 +133,7 @@ def mean_item_embedding(behaviors: pd.DataFrame, item_embeddings: np.ndarray, us
     One sparse (n_users, n_items) count matrix C (a repeated item counts each time) and one
     product: C @ E / row counts.
     """
-    rows = _rows_of(user_ids, behaviors["user_id"].to_numpy())
+    rows = rows_of(user_ids, behaviors["user_id"].to_numpy())
     kept = rows >= 0
     counts = sp.csr_matrix((np.ones(kept.sum(), dtype=np.float32), (rows[kept], behaviors["item_id"].to_numpy()[kept])),
                            shape=(len(user_ids), item_embeddings.shape[0]))
