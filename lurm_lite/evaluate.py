@@ -1,0 +1,168 @@
+"""Evaluate a run folder on its dataset's downstream tasks: the Tables 2-5 comparison (§3.2-3.5).
+
+Reads the artifacts of the earlier notebooks from the run folder (names from
+:class:`lurm_lite.runs.RunPaths`), computes the competitor representations itself
+(:mod:`lurm_lite.baselines`), trains one frozen-representation probe per method and task
+(:mod:`lurm_lite.downstream`) and writes ``results.json`` and ``results.md``.
+
+A method whose artifacts are missing is skipped with a warning that names the file and the
+notebook that writes it; the others are still evaluated.
+
+    python -m lurm_lite.evaluate --run-dir runs/demo --dataset runs/demo/dataset [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from data_prep.schema import Dataset, load_dataset
+from lurm_lite import baselines, downstream, runs
+from lurm_lite.boi import load_boi
+from lurm_lite.config import DownstreamConfig, for_scale
+from lurm_lite.runs import MissingPrerequisite, RunPaths
+from lurm_lite.smen import load_smen
+from lurm_lite.user_training import load_user_reps
+
+# Rows of the results table, in the paper's order: competitors first, LURM last.
+METHODS = ("TF-IDF", "Doc2Vec", "MeanItemEmb", "BoI", "LURM(2M)", "LURM")
+
+
+@dataclass
+class _Inputs:
+    """What the representation builders may read: the run's artifacts and the dataset."""
+
+    run: RunPaths
+    dataset: Dataset
+    history: pd.DataFrame  # history-window behaviours, sorted by (user_id, ts)
+    user_ids: np.ndarray  # (n,) ascending ids of the users with history: the rows to build
+    config: DownstreamConfig
+    seed: int
+    device: str | torch.device
+
+
+def _tfidf(inputs: _Inputs) -> sp.csr_matrix:
+    return baselines.tfidf_features(inputs.history, inputs.dataset.items, inputs.user_ids,
+                                    inputs.config.tfidf_max_features)
+
+
+def _doc2vec(inputs: _Inputs) -> np.ndarray:
+    return baselines.doc2vec_features(inputs.history, inputs.dataset.items, inputs.user_ids,
+                                      inputs.config.doc2vec_dim, inputs.config.doc2vec_epochs, inputs.seed)
+
+
+def _mean_item_embedding(inputs: _Inputs) -> np.ndarray:
+    run = inputs.run
+    run.require(run.item_embeddings, notebook="02_item_embedding")
+    return baselines.mean_item_embedding(inputs.history, np.load(run.item_embeddings), inputs.user_ids)
+
+
+def _boi(inputs: _Inputs) -> sp.csr_matrix:
+    run = inputs.run
+    run.require(run.item_interest, run.centroids, notebook="03_interests_boi")
+    n_interests = np.load(run.centroids, mmap_mode="r").shape[0]  # D
+    return baselines.boi_features(inputs.history, np.load(run.item_interest), n_interests, inputs.user_ids)
+
+
+def _lurm_2m(inputs: _Inputs) -> np.ndarray:
+    run = inputs.run
+    run.require(run.smen, notebook="04_smen")
+    device = runs.device(str(inputs.device))
+    model = load_smen(run.smen, device)
+    run.require(*(run.boi(scale) for scale in model.scales), notebook="03_interests_boi")
+    boi = {scale: load_boi(run.boi(scale)) for scale in model.scales}
+    return baselines.lurm_last_months(model, boi, inputs.user_ids, inputs.dataset.history_end_ts, device, months=2)
+
+
+def _lurm(inputs: _Inputs) -> np.ndarray:
+    run, user_ids = inputs.run, inputs.user_ids
+    run.require(run.user_reps, notebook="04_smen")
+    rep_user_ids, reps = load_user_reps(run.user_reps)
+    rows = baselines.rows_of(rep_user_ids, user_ids)
+    if (rows < 0).any():
+        raise MissingPrerequisite(f"{run.user_reps} lacks {(rows < 0).sum()} users with history, e.g. user "
+                                  f"{user_ids[rows < 0][0]}; rerun notebooks/04_smen.ipynb on this dataset.")
+    return reps[rows]
+
+
+REPRESENTATIONS: dict[str, Callable[[_Inputs], downstream.Features]] = {
+    "TF-IDF": _tfidf, "Doc2Vec": _doc2vec, "MeanItemEmb": _mean_item_embedding, "BoI": _boi,
+    "LURM(2M)": _lurm_2m, "LURM": _lurm,
+}
+
+
+def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence[str] | None = None,
+                 config: DownstreamConfig | None = None, seed: int = 0, device: str | torch.device = "auto",
+                 progress: bool = True) -> dict[str, Any]:
+    """Evaluate every method on every task of the dataset and write the results (§3.2-3.5).
+
+    Args:
+        run_dir: the run folder (``RunPaths``): ``item_embeddings.npy`` (MeanItemEmb),
+            ``item_interest.npy`` and ``centroids.npy`` (BoI), ``smen.pt`` and
+            ``boi_<scale>.npz`` (LURM(2M)), ``user_reps.npz`` (LURM). TF-IDF and Doc2Vec
+            need only the dataset.
+        dataset_dir: the dataset contract folder.
+        methods: names from :data:`METHODS` (None: all).
+        config: probe and baseline settings (None: ``DownstreamConfig()``).
+        seed: the split seed (the same split for every method), and the seed of the probe,
+            the bootstrap and Doc2Vec.
+        device: where SMEN encodes for LURM(2M); the probe always runs on the CPU.
+        progress: print one line per method.
+
+    Returns:
+        The results.json object, also written to ``RunPaths(run_dir).results`` with
+        ``results.md`` beside it. Methods whose artifacts are missing are skipped with a
+        warning.
+    """
+    run = RunPaths(run_dir)
+    config = config or DownstreamConfig()
+    methods = list(METHODS if methods is None else methods)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
+    dataset = load_dataset(dataset_dir)
+    history = dataset.history()
+    inputs = _Inputs(run, dataset, history, np.unique(history["user_id"].to_numpy()).astype(np.int64), config, seed,
+                     device)
+    labels = downstream.all_task_labels(dataset)
+    per_method = {}
+    for method in methods:
+        start = time.perf_counter()
+        try:
+            X = REPRESENTATIONS[method](inputs)
+        except MissingPrerequisite as missing:
+            warnings.warn(f"Skipping method {method}: {missing}", stacklevel=2)
+            continue
+        per_method[method] = downstream.evaluate(X, inputs.user_ids, dataset, config, seed, device="cpu", labels=labels)
+        if progress:
+            print(f"{method}: {X.shape[1]} dims, {len(per_method[method])} tasks, "
+                  f"{time.perf_counter() - start:.1f} s")
+    results = downstream.collect_results(dataset.name, seed, per_method)
+    downstream.save_results(results, run.results, methods)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lurm_lite.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", required=True, help="run folder with the earlier notebooks' artifacts")
+    parser.add_argument("--dataset", required=True, help="dataset contract folder")
+    parser.add_argument("--seed", type=int, default=0, help="split, probe and bootstrap seed")
+    parser.add_argument("--scale", default="default", help="tiny | default | paper: probe and baseline settings")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods to evaluate (default: all)")
+    parser.add_argument("--device", default="auto", help="device of the SMEN encoding for LURM(2M)")
+    args = parser.parse_args(argv)
+    evaluate_run(args.run_dir, args.dataset, args.methods, for_scale(args.scale).downstream, args.seed, args.device)
+    print(f"wrote {RunPaths(args.run_dir).results} and results.md")
+
+
+if __name__ == "__main__":
+    main()
