@@ -1,0 +1,273 @@
+"""Downstream evaluation (§3.2-3.5): labels, split, probe, metrics, results files, evaluate_run."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from data_prep.schema import Dataset, date_to_ts
+from lurm_lite import downstream
+from lurm_lite.config import DownstreamConfig, for_scale
+from lurm_lite.evaluate import evaluate_run, main
+from lurm_lite.runs import RunPaths, load_json, save_npy, save_npz
+
+FAST = DownstreamConfig(max_epochs=40, patience=5, bootstrap=200)
+
+
+# --- labels -----------------------------------------------------------------------------
+
+
+def hand_built_dataset() -> Dataset:
+    """Users 1-3 have history; user 4 acts only in the label window; user 2's age is unknown."""
+    items = pd.DataFrame({"item_id": np.arange(3, dtype=np.int32), "title": ["a novel", "a toy book", "a ball"],
+                          "category": ["Books", "Books|Toys", "Sports"]})
+    hist, label = date_to_ts("2017-06-01"), date_to_ts("2018-03-01")
+    behaviors = pd.DataFrame({
+        "user_id": np.array([1, 1, 2, 2, 3, 4], dtype=np.int64),
+        "item_id": np.array([0, 1, 2, 2, 0, 1], dtype=np.int32),
+        "ts": np.array([hist, label, hist, label, hist, label], dtype=np.int64),
+    })
+    users = pd.DataFrame({"user_id": np.array([1, 2, 3, 4], dtype=np.int64),
+                          "age_group": ["25-34", None, "18-24", "35-44"]})
+    meta = {"name": "hand", "source": "test", "history_start": None, "history_end": "2018-01-01",
+            "label_end": "2018-11-01", "tasks": [
+                {"name": "future_Toys", "kind": "binary", "rule": {"future_category": "Toys"}},
+                {"name": "future_Books_active", "kind": "binary",
+                 "rule": {"future_category": "Books", "population": "active_in_label_window"}},
+                {"name": "age", "kind": "multiclass", "rule": {"profile": "age_group"}}]}
+    return Dataset(items=items, behaviors=behaviors, users=users, meta=meta)
+
+
+def test_labels_follow_the_contract_rules_on_a_hand_built_dataset():
+    labels = downstream.all_task_labels(hand_built_dataset())
+    # "Books|Toys" counts for Toys; user 4 has no history and is never labelled.
+    users, y = labels["future_Toys"]
+    assert users.tolist() == [1, 2, 3] and y.tolist() == [1, 0, 0]
+    # Only users active in the label window: user 3 drops out.
+    users, y = labels["future_Books_active"]
+    assert users.tolist() == [1, 2] and y.tolist() == [1, 0]
+    # Profile: null label left out, classes 0..K-1 in sorted order of the values.
+    users, y = labels["age"]
+    assert users.tolist() == [1, 3] and y.tolist() == [1, 0]
+    assert all(y.dtype == np.int64 for _, y in labels.values())
+
+
+# --- split ------------------------------------------------------------------------------
+
+
+def test_split_is_stratified_seeded_and_the_same_for_every_method(monkeypatch):
+    y = np.repeat([0, 1, 2], [50, 30, 20])
+    train, test = downstream.split_indices(y, seed=3)
+    assert len(test) == 20 and np.bincount(y[test]).tolist() == [10, 6, 4]
+    assert np.intersect1d(train, test).size == 0 and len(train) + len(test) == len(y)
+    assert np.array_equal(test, downstream.split_indices(y, seed=3)[1])
+    assert not np.array_equal(test, downstream.split_indices(y, seed=4)[1])
+
+    # Two methods on one dataset: the probe sees the same test users for each.
+    seen = []
+    split = downstream.split_indices
+
+    def recording_split(y, seed, fraction):
+        seen.append(split(y, seed, fraction)[1])
+        return split(y, seed, fraction)
+
+    monkeypatch.setattr(downstream, "split_indices", recording_split)
+    rng = np.random.default_rng(0)
+    user_ids, y, dataset = _planted_task(rng, 300)
+    for X in (rng.normal(size=(300, 4)), sp.random(300, 50, density=0.2, random_state=1, format="csr")):
+        downstream.evaluate(X, user_ids, dataset, FAST, seed=0, labels={"task": (user_ids, y)})
+    assert len(seen) == 2 and np.array_equal(seen[0], seen[1])
+
+
+def _planted_task(rng, n):
+    """Users 100..100+n, random binary labels, and a dataset stub (labels are passed explicitly)."""
+    user_ids = np.arange(100, 100 + n, dtype=np.int64)
+    y = rng.integers(0, 2, n)
+    dataset = Dataset(items=None, behaviors=None, users=None,
+                      meta={"name": "stub", "tasks": [{"name": "task", "kind": "binary", "rule": {}}]})
+    return user_ids, y, dataset
+
+
+def test_evaluate_matches_rows_by_user_id_not_by_position():
+    rng = np.random.default_rng(1)
+    user_ids, y, dataset = _planted_task(rng, 400)
+    X = np.c_[y + rng.normal(0, 0.7, 400), rng.normal(size=(400, 3))]
+    labels = {"task": (user_ids, y)}
+    ordered = downstream.evaluate(X, user_ids, dataset, FAST, seed=0, labels=labels)
+    perm = rng.permutation(400)
+    shuffled = downstream.evaluate(X[perm], user_ids[perm], dataset, FAST, seed=0, labels=labels)
+    assert ordered == shuffled
+    with pytest.raises(ValueError, match="no row in X"):
+        downstream.evaluate(X[1:], user_ids[1:], dataset, FAST, seed=0, labels=labels)
+
+
+# --- probe ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparse_input, sparse_grad", [(False, False), (True, False), (True, True)])
+def test_planted_label_is_found_and_noise_is_at_chance(sparse_input, sparse_grad):
+    config = DownstreamConfig(max_epochs=40, patience=5, bootstrap=200,
+                              sparse_grad_min_features=1 if sparse_grad else 10**9)
+    rng = np.random.default_rng(0)
+    n = 1500
+    y = rng.integers(0, 2, n)
+    noise = rng.normal(size=(n, 16)) if not sparse_input else sp.random(n, 300, density=0.05, random_state=0).toarray()
+    planted = noise.copy()
+    planted[:, 0] = y + rng.normal(0, 0.3, n)  # the label, lightly blurred
+    as_input = sp.csr_matrix if sparse_input else np.asarray
+    hit = downstream.evaluate_task(as_input(planted), y, config, seed=0)
+    chance = downstream.evaluate_task(as_input(noise), y, config, seed=0)
+    assert hit["auc"] > 0.95 and hit["acc"] > 0.85
+    assert 0.4 < chance["auc"] < 0.6
+    assert hit["n_test"] == chance["n_test"] == 300
+
+
+def test_multiclass_planted_signal_and_determinism():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 800)
+    X = rng.normal(size=(800, 8))
+    X[np.arange(800), y] += 2.5
+    first = downstream.evaluate_task(X, y, FAST, seed=5)
+    assert first["auc"] > 0.9 and first == downstream.evaluate_task(X, y, FAST, seed=5)
+
+
+def test_scaling_is_fitted_on_the_training_users_only(monkeypatch):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 500)
+    X = rng.normal(size=(500, 3))
+    train, test = downstream.split_indices(y, seed=0)
+    X[test] += 1000.0  # test users far away: any leak moves the fitted mean
+    fitted = []
+    fit = downstream.fit_scaler
+    monkeypatch.setattr(downstream, "fit_scaler", lambda rows: fitted.append(fit(rows)) or fitted[-1])
+    downstream.evaluate_task(X, y, FAST, seed=0)
+    np.testing.assert_allclose(fitted[0].mean_, X[train].mean(axis=0))
+    np.testing.assert_allclose(fitted[0].scale_, X[train].std(axis=0))
+
+    sparse_train = sp.random(200, 40, density=0.1, random_state=0, format="csr")
+    scaler = downstream.fit_scaler(sparse_train)
+    scaled = scaler.transform(sparse_train)
+    assert sp.issparse(scaled) and scaled.nnz == sparse_train.nnz  # never centred, never densified
+    assert np.isclose(scaled.multiply(scaled).sum() / 200, 1.0)  # unit mean squared row norm
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def _scores(rng, n, k):
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, np.round(proba, 2) / np.round(proba, 2).sum(axis=1, keepdims=True)  # rounding makes ties
+
+
+def test_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(4)
+    y, proba = _scores(rng, 300, 2)
+    m = downstream.classification_metrics(y, proba)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, proba[:, 1]))
+    assert m["acc"] == pytest.approx(accuracy_score(y, proba.argmax(1)))
+    y, proba = _scores(rng, 300, 5)
+    m = downstream.classification_metrics(y, proba)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    assert m["acc"] == pytest.approx(accuracy_score(y, proba.argmax(1)))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_resample_auc_equals_scikit_learn_on_each_resample(k):
+    rng = np.random.default_rng(5)
+    y, proba = _scores(rng, 120, k)
+    draws = rng.integers(0, 120, size=(5, 120))
+    counts = np.stack([np.bincount(d, minlength=120) for d in draws])
+    fast = downstream.resample_auc(y, proba, counts)
+    for r, d in enumerate(draws):
+        expected = downstream.classification_metrics(y[d], proba[d])["auc"]
+        assert fast[r] == pytest.approx(expected, abs=1e-12)
+
+
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_users():
+    rng = np.random.default_rng(6)
+    widths = []
+    for n in (100, 2000):
+        y, proba = _scores(rng, n, 2)
+        lo, hi = downstream.bootstrap_auc_ci(y, proba, n_resamples=300, seed=0)
+        assert lo < downstream.classification_metrics(y, proba)["auc"] < hi
+        assert downstream.bootstrap_auc_ci(y, proba, n_resamples=300, seed=0) == [lo, hi]
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+    one_class = downstream.bootstrap_auc_ci(np.array([0, 0, 0, 1]), np.eye(2)[[0, 0, 0, 1]], 50, seed=0)
+    assert one_class[0] == one_class[1] == 1.0  # resamples without a positive are skipped
+
+
+# --- results files ----------------------------------------------------------------------
+
+
+def _two_method_results():
+    per_method = {
+        "TF-IDF": {"t1": {"auc": 0.7862, "acc": 0.7721, "auc_ci95": [0.75, 0.81], "n_test": 40},
+                   "t2": {"auc": 0.60, "acc": 0.55, "auc_ci95": [0.5, 0.7], "n_test": 40}},
+        "LURM": {"t1": {"auc": 0.8255, "acc": 0.7500, "auc_ci95": [0.80, 0.85], "n_test": 40}},
+    }
+    return downstream.collect_results("toy", 0, per_method)
+
+
+def test_results_json_validates_and_markdown_bolds_the_best(tmp_path):
+    results = _two_method_results()
+    json_path, md_path = downstream.save_results(results, tmp_path / "results.json")
+    loaded = load_json(json_path)
+    downstream.validate_results(loaded)
+    assert loaded["tasks"]["t1"]["LURM"] == {"auc": 0.8255, "acc": 0.75, "auc_ci95": [0.8, 0.85], "n_test": 40}
+    markdown = md_path.read_text()
+    assert "| LURM | **82.55**/75.00 | - |" in markdown
+    assert "| TF-IDF | 78.62/**77.21** | **60.00**/**55.00** |" in markdown
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: r.pop("split_seed"), "split_seed"),
+    (lambda r: r["tasks"]["t1"]["LURM"].update(auc=81.0), "fraction"),
+    (lambda r: r["tasks"]["t1"]["LURM"].update(auc_ci95=[0.8]), "auc_ci95"),
+    (lambda r: r["tasks"]["t1"]["LURM"].update(n_test="40"), "n_test"),
+    (lambda r: r["tasks"]["t1"]["LURM"].pop("acc"), "exactly"),
+    (lambda r: r.update(tasks=[]), "tasks"),
+])
+def test_validate_results_names_what_is_wrong(breakage, message):
+    results = json.loads(json.dumps(_two_method_results()))
+    breakage(results)
+    with pytest.raises(ValueError, match=message):
+        downstream.validate_results(results)
+
+
+# --- evaluate_run -----------------------------------------------------------------------
+
+
+def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(tiny_dataset, tmp_path):
+    from data_prep.schema import load_dataset
+
+    dataset = load_dataset(tiny_dataset)
+    run = RunPaths(tmp_path / "run").make()
+    rng = np.random.default_rng(0)
+    save_npy(run.item_embeddings, rng.normal(size=(len(dataset.items), 8)).astype(np.float32))
+    user_ids = np.unique(dataset.history()["user_id"])
+    save_npz(run.user_reps, user_ids=user_ids, reps=rng.normal(size=(len(user_ids), 12)).astype(np.float32))
+    config = for_scale("tiny").downstream
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = evaluate_run(run.root, tiny_dataset, ["MeanItemEmb", "BoI", "LURM(2M)", "LURM"], config,
+                               seed=0, device="cpu", progress=False)
+    skipped = [str(w.message) for w in caught if "Skipping method" in str(w.message)]
+    assert len(skipped) == 2 and "centroids.npy" in skipped[0] and "03_interests_boi" in skipped[0]
+    assert "smen.pt" in skipped[1]
+    assert set(results["tasks"]) == {t["name"] for t in dataset.tasks}
+    assert all(set(methods) == {"MeanItemEmb", "LURM"} for methods in results["tasks"].values())
+    assert load_json(run.results) == results
+    assert run.results.with_suffix(".md").read_text().count("| MeanItemEmb |") == 1
+
+    main(["--run-dir", str(run.root), "--dataset", str(tiny_dataset), "--scale", "tiny", "--methods", "LURM",
+          "--seed", "1"])
+    assert load_json(run.results)["split_seed"] == 1
