@@ -151,15 +151,81 @@ def _periods(ts: np.ndarray, granularities: Sequence[str], month_of_day: _MonthO
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _BlockCounts:
-    """The BoI rows of one block: row r has ``row_nnz[r]`` entries (cols, values)."""
+class _GrowingArray:
+    """A 1-D array appended to block by block, stored in fixed segments of >= 64 MB.
 
-    row_user: np.ndarray  # (R,) int64
-    row_period: np.ndarray  # (R,) int64
-    row_nnz: np.ndarray  # (R,) int64
-    cols: np.ndarray  # (nnz,) int32 interest j
-    values: np.ndarray  # (nnz,) float32 log(1 + count)
+    Segments this large are separate memory maps (above glibc's mmap threshold), so each one
+    goes back to the operating system the moment :meth:`take` has copied it into the final
+    array: building a 1e8-behaviour BoI peaks near the output size plus one segment, not at
+    twice the output (which many small block arrays, fragmenting the heap, would cost).
+    """
+
+    def __init__(self, dtype, segment_bytes: int = 64 << 20):
+        self.dtype = np.dtype(dtype)
+        self.segment_len = segment_bytes // self.dtype.itemsize
+        self.segments: list[np.ndarray] = []
+        self.size = 0  # elements stored
+
+    def append(self, values: np.ndarray) -> None:
+        done = 0
+        while done < len(values):
+            used = self.size - (len(self.segments) - 1) * self.segment_len if self.segments else self.segment_len
+            if used == self.segment_len:
+                self.segments.append(np.empty(self.segment_len, dtype=self.dtype))
+                used = 0
+            n = min(self.segment_len - used, len(values) - done)
+            self.segments[-1][used : used + n] = values[done : done + n]
+            self.size += n
+            done += n
+
+    def take(self, dtype=None) -> np.ndarray:
+        """The whole array (as ``dtype``); the segments are released one by one."""
+        out = np.empty(self.size, dtype=dtype or self.dtype)
+        for k in range(len(self.segments)):
+            lo = k * self.segment_len
+            hi = min(lo + self.segment_len, self.size)
+            out[lo:hi] = self.segments[k][: hi - lo]
+            self.segments[k] = None  # free this segment before copying the next
+        self.segments, self.size = [], 0
+        return out
+
+
+class _BoIRows:
+    """The BoI rows of one granularity, block after block: user k owns ``user_rows[k]``
+    consecutive rows, row r has ``row_nnz[r]`` entries (cols, values)."""
+
+    def __init__(self) -> None:
+        self.user_ids = _GrowingArray(np.int64)  # (U,)
+        self.user_rows = _GrowingArray(np.int64)  # (U,) rows per user
+        self.row_period = _GrowingArray(np.int64)  # (R,)
+        self.row_nnz = _GrowingArray(np.int64)  # (R,)
+        self.cols = _GrowingArray(np.int32)  # (nnz,) interest j
+        self.values = _GrowingArray(np.float32)  # (nnz,) log(1 + count)
+
+    def add(self, row_user, row_period, row_nnz, cols, values) -> None:
+        user_first_row = np.flatnonzero(np.r_[True, row_user[1:] != row_user[:-1]])  # (U_b,)
+        self.user_ids.append(row_user[user_first_row])
+        self.user_rows.append(np.diff(user_first_row, append=len(row_user)))
+        self.row_period.append(row_period)
+        self.row_nnz.append(row_nnz)
+        self.cols.append(cols)
+        self.values.append(values)
+
+    def assemble(self, n_interests: int, granularity: str) -> BoISequences:
+        """One CSR with its user_ptr and period index (releases the stored blocks)."""
+        user_ptr = np.zeros(self.user_rows.size + 1, dtype=np.int64)
+        np.cumsum(self.user_rows.take(), out=user_ptr[1:])
+        row_nnz = self.row_nnz.take()
+        nnz = int(row_nnz.sum())
+        index_dtype = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
+        indptr = np.zeros(len(row_nnz) + 1, dtype=index_dtype)
+        np.cumsum(row_nnz, out=indptr[1:], dtype=index_dtype)
+        del row_nnz
+        matrix = sp.csr_matrix((self.values.take(), self.cols.take(index_dtype), indptr),
+                               shape=(len(indptr) - 1, n_interests), copy=False)
+        matrix.has_sorted_indices = True  # interests ascend within every row by construction
+        return BoISequences(matrix=matrix, user_ids=self.user_ids.take(), user_ptr=user_ptr,
+                            period=self.row_period.take(), granularity=granularity)
 
 
 def _row_starts(user_ids: np.ndarray, period: np.ndarray) -> np.ndarray:
@@ -229,20 +295,19 @@ def _count_soft(starts: np.ndarray, items: np.ndarray, soft: sp.csr_matrix, n_in
     return np.bincount(entry_row, minlength=len(starts)), cols, np.log1p(sums).astype(np.float32)
 
 
-def _count_block(user_ids, item_ids, ts, assignment, n_interests, granularities, month_of_day) -> dict:
-    """BoI rows of one block of whole users at every granularity (periods computed once)."""
+def _count_block(user_ids, item_ids, ts, assignment, n_interests, granularities, month_of_day, rows) -> None:
+    """Add the BoI rows of one block of whole users to ``rows[g]`` for every granularity g
+    (periods computed once for all of them)."""
     periods = _periods(ts, granularities, month_of_day)
     soft = sp.issparse(assignment)
     interest = None if soft else assignment[item_ids]  # (n,) hard: c_j of each behaviour
-    out = {}
     for granularity in granularities:
         starts = _row_starts(user_ids, periods[granularity])
         if soft:
             row_nnz, cols, values = _count_soft(starts, item_ids, assignment, n_interests)
         else:
             row_nnz, cols, values = _count_hard(starts, interest, n_interests)
-        out[granularity] = _BlockCounts(user_ids[starts], periods[granularity][starts], row_nnz, cols, values)
-    return out
+        rows[granularity].add(user_ids[starts], periods[granularity][starts], row_nnz, cols, values)
 
 
 def _user_blocks(user_ids: np.ndarray, block_size: int) -> Iterator[slice]:
@@ -310,7 +375,7 @@ def build_boi_streaming(
     month_of_day = _MonthOfDay()
     # Blocks small enough that row * D + interest usually fits a uint32 key.
     block_size = int(np.clip(np.iinfo(np.uint32).max // n_interests, 1 << 12, _MAX_BLOCK_BEHAVIORS))
-    parts: dict[str, list[_BlockCounts]] = {g: [] for g in granularities}
+    rows = {g: _BoIRows() for g in granularities}
     last_user = None
     for user_ids, item_ids, ts in chunks:
         user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -328,37 +393,9 @@ def build_boi_streaming(
                 raise ValueError("behaviours must be sorted by (user_id, ts), and chunks must hold whole users "
                                  "in ascending user_id order")
             last_user = user_ids[block.stop - 1]
-            counts = _count_block(user_ids[block], item_ids[block], ts[block], assignment, n_interests,
-                                  granularities, month_of_day)
-            for granularity in granularities:
-                parts[granularity].append(counts[granularity])
-    return {g: _assemble(parts[g], n_interests, g) for g in granularities}
-
-
-def _assemble(parts: list[_BlockCounts], n_interests: int, granularity: str) -> BoISequences:
-    """Concatenate block rows into one CSR with its user_ptr and period index."""
-    if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return BoISequences(sp.csr_matrix((0, n_interests), dtype=np.float32), empty, np.zeros(1, np.int64),
-                            empty, granularity)
-    row_user = np.concatenate([p.row_user for p in parts])
-    row_nnz = np.concatenate([p.row_nnz for p in parts])
-    nnz = int(row_nnz.sum())
-    index_dtype = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
-    indptr = np.zeros(len(row_nnz) + 1, dtype=index_dtype)
-    np.cumsum(row_nnz, out=indptr[1:])
-    cols = np.concatenate([p.cols for p in parts]).astype(index_dtype, copy=False)
-    matrix = sp.csr_matrix((np.concatenate([p.values for p in parts]), cols, indptr),
-                           shape=(len(row_nnz), n_interests), copy=False)
-    matrix.has_sorted_indices = True  # interests ascend within every row by construction
-    user_start = np.flatnonzero(np.r_[True, row_user[1:] != row_user[:-1]])
-    return BoISequences(
-        matrix=matrix,
-        user_ids=row_user[user_start],
-        user_ptr=np.r_[user_start, len(row_user)].astype(np.int64),
-        period=np.concatenate([p.row_period for p in parts]),
-        granularity=granularity,
-    )
+            _count_block(user_ids[block], item_ids[block], ts[block], assignment, n_interests, granularities,
+                         month_of_day, rows)
+    return {g: rows.pop(g).assemble(n_interests, g) for g in granularities}
 
 
 def _user_chunks(user_ids, item_ids, ts, chunk_users: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

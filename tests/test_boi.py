@@ -176,3 +176,14 @@ def test_soft_items_without_weight_leave_an_empty_row():
     np.testing.assert_allclose(boi["year"].matrix.toarray()[:, :2], [[0, 0], [math.log(1.5), math.log(1.5)]])
     only_weightless = build_boi(np.array([1]), np.array([0]), np.zeros(1, np.int64), soft, D, granularities=("year",))
     assert only_weightless["year"].matrix.shape == (1, D) and only_weightless["year"].matrix.nnz == 0
+
+
+def test_growing_array_spans_segments_and_empty_window_gives_empty_boi():
+    from lurm_lite.boi import _GrowingArray
+
+    grown = _GrowingArray(np.int64, segment_bytes=8 * 5)  # 5 elements per segment
+    for values in (np.arange(3), np.arange(3, 11), np.arange(0), np.arange(11, 12)):
+        grown.append(values)
+    np.testing.assert_array_equal(grown.take(np.int32), np.arange(12))
+    empty = build_boi(np.array([1]), np.array([0]), np.array([0]), np.zeros(1, np.int64), D, start_ts=10)["month"]
+    assert empty.matrix.shape == (0, D) and empty.n_users == 0 and empty.user_ptr.tolist() == [0]
