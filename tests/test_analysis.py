@@ -1,0 +1,203 @@
+"""lurm_lite.analysis: windows of Fig. 3, evaluation tables, variants, anchors of Fig. 5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from lurm_lite import analysis
+from lurm_lite.boi import build_boi
+from lurm_lite.config import SMENConfig, UserTrainingConfig
+from lurm_lite.smen import SMEN
+
+DAY = 86_400
+
+
+def ts(date: str) -> int:
+    return int(pd.Timestamp(date, tz="UTC").timestamp())
+
+
+# ---------------------------------------------------------------------------------------
+# Fig. 3 windows
+# ---------------------------------------------------------------------------------------
+
+
+def test_window_start_counts_calendar_months_back_from_the_history_end():
+    assert analysis.window_start_ts(ts("2018-01-01"), 12) == ts("2017-01-01")
+    assert analysis.window_start_ts(ts("2018-01-01"), 2) == ts("2017-11-01")
+    # an end inside a month: that month counts as the last one
+    assert analysis.window_start_ts(ts("2017-12-31"), 2) == ts("2017-11-01")
+    assert analysis.window_start_ts(ts("1998-01-01"), 60) == ts("1993-01-01")
+
+
+def test_history_span_in_months():
+    assert analysis.history_span_months(ts("2008-01-01"), ts("2018-01-01")) == 120
+    assert analysis.history_span_months(ts("1997-09-20"), ts("1998-01-01")) == 4  # MovieLens-100k
+    assert analysis.history_span_months(ts("2018-01-01"), ts("2018-01-01") + 1) == 1
+
+
+def test_length_windows_adapt_to_the_span_and_always_end_with_the_whole_life():
+    assert analysis.length_windows(120) == [2, 6, 12, 24, 36, 48, 60, None]
+    assert analysis.length_windows(30) == [2, 6, 12, 24, None]
+    assert analysis.length_windows(4) == [2, None]  # MovieLens: Sept 1997 - Dec 1997
+    assert analysis.length_windows(2) == [None]  # 2 months is the whole life already
+    assert analysis.length_windows(24, [12, 6, 6, 0, 24]) == [6, 12, None]
+    assert [analysis.length_label(m) for m in [2, 6, 12, 18, 60, None]] == ["2M", "6M", "1Y", "18M", "5Y", "life"]
+
+
+def test_boi_in_window_counts_only_the_behaviours_after_the_start():
+    history = pd.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [0, 1, 0, 1],
+                            "ts": [ts("2016-05-01"), ts("2017-12-01"), ts("2017-12-15"), ts("2015-01-01")]})
+    interest = np.array([0, 1])
+    window = analysis.boi_in_window(history, interest, 2, np.array([2, 1, 3]), ts("2017-11-01")).toarray()
+    np.testing.assert_allclose(window, [[0, 0], [np.log(2), np.log(2)], [0, 0]], rtol=1e-6)
+    life = analysis.boi_in_window(history, interest, 2, np.array([1, 2]), None).toarray()
+    np.testing.assert_allclose(life, [[np.log(3), np.log(2)], [0, np.log(2)]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+
+
+def _m(auc, acc):
+    return {"auc": auc, "acc": acc, "auc_ci95": [auc - 0.01, auc + 0.01], "n_test": 10}
+
+
+def test_metrics_frame_and_length_trend():
+    per = {"2M": {"age": _m(0.6, 0.3), "books": _m(0.70, 0.7)},
+           "1Y": {"age": _m(0.7, 0.35), "books": _m(0.75, 0.72)},
+           "life": {"books": _m(0.74, 0.71), "age": _m(0.8, 0.4)}}
+    frame = analysis.metrics_frame(per, "length")
+    assert list(frame["task"]) == ["age"] * 3 + ["books"] * 3
+    assert list(frame["length"]) == ["2M", "1Y", "life"] * 2
+    assert frame.loc[0, "auc_lo"] == pytest.approx(0.59)
+    trend = analysis.length_trend(frame).set_index("task")
+    assert trend.loc["age", "gain"] == pytest.approx(0.2) and trend.loc["age", "spearman"] == pytest.approx(1.0)
+    assert trend.loc["books", "best"] == "1Y" and trend.loc["books", "from_best"] == pytest.approx(-0.01)
+    table = analysis.table_frame({"BoI": per["2M"], "LURM": per["life"]})
+    assert table.loc["LURM", "age"] == "80.00/40.00" and list(table.columns) == ["age", "books"]
+
+
+# ---------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------
+
+
+def test_variant_training_config_keeps_spans_in_time_for_a_year_only_model():
+    base = UserTrainingConfig(min_subseq_periods=6, max_periods=120, epochs=8)
+    year = analysis.variant_training_config(base, ("year",), epochs=2)
+    assert (year.min_subseq_periods, year.max_periods, year.epochs) == (1, 10, 2)
+    month = analysis.variant_training_config(base, ("month", "year"))
+    assert month == base
+
+
+def _toy_boi(n_users=24, D=12, seed=0):
+    rng = np.random.default_rng(seed)
+    n = 40 * n_users
+    user = np.sort(rng.integers(0, n_users, n))
+    t = np.sort(rng.integers(ts("2014-01-01"), ts("2018-01-01"), n))
+    order = np.lexsort((t, user))
+    item = rng.integers(0, 30, n)
+    assignment = np.arange(30) % D
+    return build_boi(user[order].astype(np.int64), item, t[order], assignment, D), np.unique(user)
+
+
+def test_train_variant_encodes_every_user_and_caches(tmp_path):
+    boi, users = _toy_boi()
+    smen_config = SMENConfig(hidden=8, anchors=2)
+    train_config = UserTrainingConfig(batch_size=8, epochs=1, min_subseq_periods=2)
+    wanted = np.append(users, 999)  # an unknown user gets the empty-sequence encoding
+    cache = tmp_path / "variant.npz"
+    reps, info = analysis.train_variant(boi, smen_config, train_config, wanted, "cpu", 0, cache_path=cache,
+                                        cache_key={"D": 12})
+    assert reps.shape == (len(wanted), 16) and info["representation_size"] == 16 and not info["cached"]
+    assert np.all(reps[-1] == 0) and np.abs(reps[:-1]).sum() > 0
+    again, info2 = analysis.train_variant(boi, smen_config, train_config, wanted, "cpu", 0, cache_path=cache,
+                                          cache_key={"D": 12})
+    assert info2["cached"] and np.array_equal(again, reps)
+    _, info3 = analysis.train_variant(boi, smen_config, train_config, wanted, "cpu", 1, cache_path=cache,
+                                      cache_key={"D": 12})
+    assert not info3["cached"]  # another seed is another variant
+
+
+def test_recluster_hard_and_soft_share_the_centroids():
+    from lurm_lite.config import ClusteringConfig
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((200, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    config = ClusteringConfig(n_interests=5, niter=5, soft_top_k=2)
+    centroids, hard = analysis.recluster(emb, 5, config, 0)
+    same, soft = analysis.recluster(emb, 5, config, 0, assignment="soft", centroids=centroids)
+    assert same is centroids and hard.shape == (200,) and soft.shape == (200, 5)
+    np.testing.assert_allclose(np.asarray(soft.sum(axis=1)).ravel(), 1, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Fig. 5 anchors
+# ---------------------------------------------------------------------------------------
+
+
+def test_anchor_points_and_silhouette_of_separated_and_mixed_anchors():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)[:3] * 10  # 3 anchors pointing in different directions
+    separated = centres[None, :, :] + rng.normal(scale=0.3, size=(50, 3, 4))  # (users, M, H)
+    points, labels = analysis.anchor_points(separated)
+    assert points.shape == (150, 4) and list(labels[:6]) == [0, 1, 2, 0, 1, 2]
+    np.testing.assert_array_equal(points[4], separated[1, 1])
+    assert analysis.anchor_silhouette(points, labels) > 0.9
+    mixed = rng.normal(size=(50, 3, 4)) + 5
+    assert abs(analysis.anchor_silhouette(*analysis.anchor_points(mixed))) < 0.1
+    with_zeros = separated.copy()
+    with_zeros[:10] = 0  # users without periods are left out
+    assert analysis.anchor_silhouette(*analysis.anchor_points(with_zeros)) > 0.9
+
+
+def test_tsne_gives_two_columns():
+    points = np.random.default_rng(0).normal(size=(20, 5))
+    assert analysis.tsne_2d(points, seed=0).shape == (20, 2)  # perplexity capped below n/3
+
+
+def test_interest_alpha_matches_the_model_and_sums_to_one():
+    torch.manual_seed(0)
+    model = SMEN(n_interests=7, hidden=4, anchors=3)
+    alpha = analysis.interest_alpha(model)
+    assert alpha.shape == (7, 3)
+    np.testing.assert_allclose(alpha.sum(axis=1), 1, rtol=1e-5)
+    with torch.no_grad():
+        ma = model.multi_anchor
+        k = torch.relu(ma.W_e) @ ma.W_p.T  # k_j = W^p ReLU(W^e_j)
+        expected = torch.softmax(k @ ma.W_a.T, dim=1).numpy()  # eq. (6)
+    np.testing.assert_allclose(alpha, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_anchor_label_mass_by_hand():
+    alpha = np.array([[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]])  # (D=3, M=2)
+    item_interest = np.array([0, 1, 1, 2])
+    item_topic = np.array([0, 1, 0, 1])
+    weight = np.array([1.0, 2.0, 1.0, 4.0])
+    mass = analysis.anchor_label_mass(alpha, item_interest, item_topic, 2, weight)
+    # anchor 0: topic 0 = 1*1 + 1*0.25, topic 1 = 2*0.25 + 4*0.5; anchor 1: 0 + 0.75, 2*0.75 + 4*0.5
+    np.testing.assert_allclose(mass, [[1.25, 2.5], [0.75, 3.5]])
+    np.testing.assert_allclose(mass.sum(axis=0), [1 + 1, 2 + 4])  # every label's total weight
+    top = analysis.top_labels_per_anchor(mass, ["A", "B"], top=1)
+    assert top[0][0]["label"] == "A" and top[1][0]["label"] == "B"
+    assert top[0][0]["share"] == pytest.approx(1.25 / 3.75) and top[0][0]["lift"] == pytest.approx((1.25 / 3.75) / 0.25)
+    # soft assignment and multi-label items: the same mass as the hand-expanded version
+    soft = sp.csr_matrix(np.array([[1, 0, 0], [0, 0.5, 0.5], [0, 1, 0], [0, 0, 1.0]]))
+    labels, names = analysis.item_label_matrix(["Drama|War", "War", "Drama", ""])
+    assert names == ["Drama", "War"] and labels.toarray()[0].tolist() == [0.5, 0.5] and labels[3].nnz == 0
+    mass = analysis.anchor_label_mass(alpha, soft, labels)
+    per_item = np.array([[1, 0], [0.375, 0.625], [0.25, 0.75], [0.5, 0.5]])  # soft rows @ alpha
+    np.testing.assert_allclose(mass, (labels.toarray().T @ per_item).T)
+
+
+def test_alpha_concentration_uniform_and_one_hot():
+    uniform = analysis.alpha_concentration(np.full((5, 4), 0.25))
+    assert uniform["max_alpha"] == pytest.approx(0.25) and uniform["entropy"] == pytest.approx(1.0)
+    one_hot = analysis.alpha_concentration(np.eye(4)[[0, 1, 2, 3, 0]])
+    assert one_hot["max_alpha"] == pytest.approx(1.0) and one_hot["entropy"] == pytest.approx(0.0, abs=1e-9)
