@@ -110,18 +110,20 @@ def _stratified_split(index: np.ndarray, y: np.ndarray, fraction: float, seed: i
 
 
 class SparseRowScaler:
-    """Scale sparse rows by one factor so that training rows have unit root-mean-square norm.
+    """Scale sparse inputs by one factor: the mean square of an entry over the training part is 1.
 
     Sparse inputs are not centred (that would densify a 1e5-wide vector) and not scaled per
     column either: per-column scaling would undo the weighting that the features carry
     (TF-IDF's idf, BoI's log counts) and blow up rare columns (a word seen by one training
-    user gets multiplied by about sqrt(n_train) under unit variance). One global factor
-    only brings the inputs to the range that Adam's lr 1e-3 expects.
+    user gets multiplied by about sqrt(n_train) under unit variance). The one factor gives
+    the columns unit mean square *on average*, the scale that standardised dense inputs have
+    and that the first layer's initialisation assumes; an L2-normalised TF-IDF row left at
+    norm 1 would reach the hidden layer about sqrt(F) times too weak to train in time.
     """
 
     def fit(self, X_train: sp.spmatrix) -> "SparseRowScaler":
-        mean_squared_norm = X_train.multiply(X_train).sum() / max(X_train.shape[0], 1)
-        self.scale_ = float(1 / np.sqrt(mean_squared_norm)) if mean_squared_norm > 0 else 1.0
+        mean_square = X_train.multiply(X_train).sum() / max(X_train.shape[0] * X_train.shape[1], 1)
+        self.scale_ = float(1 / np.sqrt(mean_square)) if mean_square > 0 else 1.0
         return self
 
     def transform(self, X: sp.spmatrix) -> sp.csr_matrix:
