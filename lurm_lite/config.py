@@ -153,7 +153,7 @@ def for_scale(scale: str) -> LURMConfig:
         config.clustering = dataclasses.replace(config.clustering, n_interests=1000, niter=20)
         config.smen = dataclasses.replace(config.smen, hidden=64, anchors=10)
         config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=8)
-        config.downstream = dataclasses.replace(config.downstream, doc2vec_dim=64, doc2vec_epochs=10)
+        config.downstream = dataclasses.replace(config.downstream, doc2vec_dim=64, doc2vec_epochs=5)
     else:  # paper, §3.4
         config.item = dataclasses.replace(config.item, dim=128, epochs=5, pairs_per_epoch=10_000_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=100_000, niter=20,
