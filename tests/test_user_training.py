@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from lurm_lite.boi import BoISequences
-from lurm_lite.config import SMENConfig, UserTrainingConfig
+from lurm_lite.boi import BoISequences, build_boi
+from lurm_lite.config import SMENConfig, UserTrainingConfig, for_scale
 from lurm_lite.smen import collate_rows
 from lurm_lite.user_training import (PairSampler, Timeline, anchor_outputs, encode_users, load_user_reps,
                                      period_start_ts, save_user_reps, train_smen)
@@ -117,6 +117,20 @@ def test_loss_falls_and_history_has_steps_and_epoch_means(boi, trained):
     assert len(history["epoch"]) == 2 and steps_per_epoch >= 3
     assert history["epoch"][1] < history["epoch"][0]
     assert history["epoch"][0] == pytest.approx(np.mean(history["step"][:steps_per_epoch]))
+
+
+def test_loss_falls_on_synthetic_tiny(tiny_dataset):
+    """Month + year BoI of the synthetic tiny history, interests = the ground-truth topics."""
+    from data_prep.schema import load_dataset
+
+    history = load_dataset(tiny_dataset).history()
+    topic = np.load(tiny_dataset / "ground_truth" / "item_topic.npy")
+    boi = build_boi(history.user_id.to_numpy(), history.item_id.to_numpy(), history.ts.to_numpy(), topic,
+                    int(topic.max()) + 1)
+    config = for_scale("tiny")
+    _, history = train_smen(boi, config.smen, config.user_training, "cpu", seed=0, progress=False)
+    assert history["epoch"][-1] < 0.9 * history["epoch"][0]
+    assert np.mean(history["step"][-3:]) < 0.8 * history["step"][0]
 
 
 def test_resume_after_a_kill_equals_the_uninterrupted_run(boi, trained, tmp_path):
