@@ -112,7 +112,8 @@ class MultiAnchor(nn.Module):
 
     alpha_ij depends on the interest j only, so it is computed once for the U interests
     present in the batch; then V_j = alpha_.j (x) W^e_j (M, H) and r = ReLU(S V) where S is
-    the sparse (n_rows, U) matrix of the b_j. Cost O(U M H^2 + nnz M H), independent of D.
+    the sparse (n_rows, U) matrix of the b_j. Cost O(U M H + nnz M H) with U <= nnz,
+    independent of D.
     With ``sparse=True`` the gradient of W^e is a sparse tensor over the U rows looked up
     (use ``torch.optim.SparseAdam`` for it), so no step does O(D H) work.
     """
@@ -130,8 +131,10 @@ class MultiAnchor(nn.Module):
 
         W_e_j: (U, H) rows W^e_j. Returns alpha (U, M); each row sums to 1.
         """
-        k = F.relu(W_e_j) @ self.W_p.T  # (U, H) k_j = W^p ReLU(W^e_j)
-        return torch.softmax(k @ self.W_a.T, dim=1)  # (U, M) logits W^a_i . k_j
+        # W^a_i . k_j = W^a_i . W^p ReLU(W^e_j) = (W^a W^p)_i . ReLU(W^e_j): forming the (M, H)
+        # product W^a W^p once costs O(U H M) for the U interests instead of O(U H^2) for all k_j.
+        logits = F.relu(W_e_j) @ (self.W_a @ self.W_p).T  # (U, M) W^a_i . k_j
+        return torch.softmax(logits, dim=1)
 
     def forward(self, x: ScaleBatch) -> torch.Tensor:
         """Eq. (5) for every row b_t of the batch: returns r (n_rows, M, H)."""
@@ -139,11 +142,13 @@ class MultiAnchor(nn.Module):
         W_e_j = F.embedding(x.interests, self.W_e, sparse=self.sparse)  # (U, H)
         alpha = self.alpha(W_e_j)  # (U, M)
         V = (alpha[:, :, None] * W_e_j[:, None, :]).reshape(-1, M * H)  # (U, M*H) alpha_ij W^e_j
-        b = torch.sparse_coo_tensor(  # (n_rows, U) sparse, entries b_j (sorted: coalesced)
-            torch.stack([x.nz_row, x.nz_col]), x.nz_value.to(V.dtype), (x.n_rows, V.shape[0]),
-            is_coalesced=True, check_invariants=False,
-        )
-        r = torch.sparse.mm(b, V)  # (n_rows, M*H) sum_j alpha_ij b_j W^e_j
+        dtype = torch.promote_types(V.dtype, torch.float32)  # sparse kernels: no bf16/fp16 (AMP)
+        with torch.autocast(V.device.type, enabled=False):
+            b = torch.sparse_coo_tensor(  # (n_rows, U) sparse, entries b_j (sorted: coalesced)
+                torch.stack([x.nz_row, x.nz_col]), x.nz_value.to(dtype), (x.n_rows, V.shape[0]),
+                is_coalesced=True, check_invariants=False,
+            )
+            r = torch.sparse.mm(b, V.to(dtype))  # (n_rows, M*H) sum_j alpha_ij b_j W^e_j
         return F.relu(r).view(-1, M, H)  # (n_rows, M, H)
 
 

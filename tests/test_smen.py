@@ -168,6 +168,17 @@ def test_smen_shapes_for_one_or_two_scales_and_any_number_of_anchors(scales, anc
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_smen_runs_under_bfloat16_autocast():
+    """AMP: the sparse product of eq. (5) stays in float32 (no low-precision sparse kernels)."""
+    batch = {s: whole_batch(random_boi(4, 30, 3, 4, seed=8, granularity=s)) for s in ("month", "year")}
+    model = SMEN(n_interests=30, hidden=8, anchors=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.multi_anchor(batch["month"]).dtype == torch.float32  # CUDA has no bf16 sparse mm
+        z = model.project(model(batch))
+    z.float().sum().backward()
+    assert torch.isfinite(z.float()).all() and model.multi_anchor.W_e.grad is not None
+
+
 def test_save_and_load_smen_round_trip(tmp_path):
     model = SMEN(n_interests=20, hidden=4, anchors=2, scales=("month",))
     batch = {"month": whole_batch(random_boi(3, 20, 3, 3, seed=7))}

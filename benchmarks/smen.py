@@ -1,0 +1,171 @@
+"""Speed of SMEN's multi-anchor module (§2.2.1, eq. 5-6): sparse path vs dense reference.
+
+    python benchmarks/smen.py --json benchmarks/results/smen.json [--quick] [--device auto]
+
+For D = 1e3, 1e4, 1e5 interests, one batch of 256 users x 24 periods with about 50
+non-zero b_j per period (interests drawn uniformly: the worst case for the number U of
+distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
+
+- ``sparse_ms[D]`` / ``dense_ms[D]``: forward + backward of the multi-anchor module, the
+  sparse path of ``lurm_lite.smen.MultiAnchor`` vs ``dense_multi_anchor`` of
+  tests/test_smen.py (O(n_rows D M H)), same process, after a warm-up, median of reps;
+- ``smen_ms[D]``: forward + backward of the whole SMEN (month + year, GRU, head, loss);
+- ``optimizer_step_ms``: the step after that backward with SparseAdam on W^e (sparse
+  gradient) vs dense Adam on W^e (what ``sparse_grad=False`` costs: O(D H) per step);
+- ``users_encoded_per_s``: ``encode_users`` throughput at D = 1e5.
+
+Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
+``sparse_vs_dense_at_1e5`` (dense / sparse time) >= 10. ``--quick`` uses 64 users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lurm_lite import runs  # noqa: E402
+from lurm_lite.contrastive import info_nce  # noqa: E402
+from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
+from lurm_lite.user_training import encode_users  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("test_smen", ROOT / "tests" / "test_smen.py")
+_test_smen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_test_smen)
+dense_multi_anchor, random_boi = _test_smen.dense_multi_anchor, _test_smen.random_boi
+
+M, H, PERIODS, NNZ = 10, 128, 24, 50
+
+
+def timed(fn, dev: torch.device, reps: int, budget_s: float = 20.0) -> tuple[float, int]:
+    """Median wall time (ms) of ``fn()`` after one warm-up call; fewer reps past ``budget_s``."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+        if sum(times) > budget_s:
+            break
+    return 1000 * statistics.median(times), len(times)
+
+
+def scale_batches(n_users: int, D: int, seed: int):
+    """{month: 24 periods a user, year: 2 periods a user} BoI and their ScaleBatch."""
+    everyone = {k: PERIODS for k in range(n_users)}
+    month = random_boi(n_users, D, PERIODS, NNZ, seed, "month", fixed=everyone)
+    year = random_boi(n_users, D, 2, 4 * NNZ, seed + 1, "year", fixed={k: 2 for k in range(n_users)})
+    boi = {"month": month, "year": year}
+    batch = {g: collate_rows(s, *row_ranges(s.user_ptr[:-1], s.user_ptr[1:])) for g, s in boi.items()}
+    return boi, batch
+
+
+def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
+    boi, batch = scale_batches(n_users, D, seed=D)
+    x = batch["month"].to(dev)
+    torch.manual_seed(0)
+    model = SMEN(D, H, M, ("month", "year"), sparse=True).to(dev)
+    module = model.multi_anchor
+    g = torch.randn(x.n_rows, M, H, device=dev)  # upstream gradient
+
+    def sparse_step():
+        module.zero_grad(set_to_none=True)
+        (module(x) * g).sum().backward()
+
+    b = torch.from_numpy(boi["month"].matrix.toarray()).to(dev)  # (n_rows, D) dense b_t
+    W = {n: p.detach().clone().requires_grad_() for n, p in module.named_parameters()}
+
+    def dense_step():
+        for p in W.values():
+            p.grad = None
+        (dense_multi_anchor(b, W["W_e"], W["W_a"], W["W_p"]) * g).sum().backward()
+
+    out = {"n_rows": x.n_rows, "nnz": int(x.nz_value.numel()), "distinct_interests_U": int(x.interests.numel())}
+    out["sparse_ms"], out["sparse_reps"] = timed(sparse_step, dev, reps)
+    out["dense_ms"], out["dense_reps"] = timed(dense_step, dev, reps)
+    del b, W
+
+    # whole SMEN forward + backward, then the optimizer step: SparseAdam vs dense Adam on W^e
+    full = {g_: v.to(dev) for g_, v in batch.items()}
+    half = n_users // 2
+
+    def smen_fwd_bwd(m):
+        m.zero_grad(set_to_none=True)
+        z = m.project(m(full))
+        info_nce(z[:half], z[half:2 * half], 0.1).backward()
+
+    out["smen_ms"], _ = timed(lambda: smen_fwd_bwd(model), dev, reps)
+    for name, sparse in (("sparse_adam", True), ("dense_adam", False)):
+        torch.manual_seed(0)
+        m = SMEN(D, H, M, ("month", "year"), sparse=sparse).to(dev)
+        opts = [torch.optim.Adam(m.dense_parameters(), lr=1e-3)]
+        if sparse:
+            opts.append(torch.optim.SparseAdam(m.sparse_parameters(), lr=1e-3))
+        smen_fwd_bwd(m)
+        out[f"step_{name}_ms"], _ = timed(lambda: [o.step() for o in opts], dev, reps)
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="where to write the results")
+    parser.add_argument("--quick", action="store_true", help="64 users instead of 256, fewer reps")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    dev = runs.device(args.device)
+    n_users, reps = (64, 3) if args.quick else (256, 5)
+    t0 = time.perf_counter()
+    per_d = {}
+    for D in (1_000, 10_000, 100_000):
+        per_d[D] = bench_d(D, n_users, dev, reps)
+        print(f"D={D:>6}: sparse {per_d[D]['sparse_ms']:.1f} ms, dense {per_d[D]['dense_ms']:.1f} ms, "
+              f"SMEN {per_d[D]['smen_ms']:.1f} ms, step SparseAdam {per_d[D]['step_sparse_adam_ms']:.1f} ms "
+              f"vs Adam {per_d[D]['step_dense_adam_ms']:.1f} ms", flush=True)
+
+    n_encode = 2048 if not args.quick else 512
+    boi, _ = scale_batches(n_encode, 100_000, seed=1)
+    torch.manual_seed(0)
+    model = SMEN(100_000, H, M, ("month", "year")).to(dev)
+    encode = lambda: encode_users(model, boi, boi["month"].user_ids, dev, batch_size=512)  # noqa: E731
+    encode_ms, _ = timed(encode, dev, reps=2)
+
+    results = {
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "batch": {"users": n_users, "periods_per_user": PERIODS, "nonzeros_per_period": NNZ, "M": M, "H": H},
+        "sparse_ms": {D: r["sparse_ms"] for D, r in per_d.items()},
+        "dense_ms": {D: r["dense_ms"] for D, r in per_d.items()},
+        "smen_ms": {D: r["smen_ms"] for D, r in per_d.items()},
+        "optimizer_step_ms": {"sparse_adam": {D: r["step_sparse_adam_ms"] for D, r in per_d.items()},
+                              "dense_adam": {D: r["step_dense_adam_ms"] for D, r in per_d.items()}},
+        "sparse_d_scaling": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
+        "sparse_vs_dense_at_1e5": per_d[100_000]["dense_ms"] / per_d[100_000]["sparse_ms"],
+        "users_encoded_per_s": n_encode / (encode_ms / 1000),
+        "details": per_d,
+        "quick": args.quick,
+        "wall_s": time.perf_counter() - t0,
+    }
+    runs.save_json(args.json, results)
+    print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (target <= 1.5), sparse_vs_dense_at_1e5 "
+          f"{results['sparse_vs_dense_at_1e5']:.1f} (target >= 10), users_encoded_per_s "
+          f"{results['users_encoded_per_s']:.0f}; wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
