@@ -145,14 +145,14 @@ def for_scale(scale: str) -> LURMConfig:
         config.item = dataclasses.replace(config.item, dim=32, batch_size=128, epochs=1, pairs_per_epoch=4_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=50, niter=10, sample_size=20_000)
         config.smen = dataclasses.replace(config.smen, hidden=16, anchors=4)
-        config.user_training = dataclasses.replace(config.user_training, batch_size=64, epochs=2, max_periods=60)
+        config.user_training = dataclasses.replace(config.user_training, batch_size=64, epochs=2, max_periods=24)
         config.downstream = dataclasses.replace(config.downstream, max_epochs=30, patience=5, bootstrap=100,
                                                 doc2vec_dim=32, doc2vec_epochs=5)
     elif scale == "default":
         config.item = dataclasses.replace(config.item, dim=64, epochs=2, pairs_per_epoch=150_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=1000, niter=20)
         config.smen = dataclasses.replace(config.smen, hidden=64, anchors=10)
-        config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=8)
+        config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=6, max_periods=24)
         config.downstream = dataclasses.replace(config.downstream, doc2vec_dim=64, doc2vec_epochs=5)
     else:  # paper, §3.4
         config.item = dataclasses.replace(config.item, dim=128, epochs=5, pairs_per_epoch=10_000_000)
