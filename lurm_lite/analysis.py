@@ -286,6 +286,25 @@ def anchor_silhouette(points: np.ndarray, labels: np.ndarray, metric: str = "cos
     return float(silhouette_score(points[kept], labels[kept], metric=metric))
 
 
+def anchor_knn_purity(points: np.ndarray, labels: np.ndarray, k: int = 10, metric: str = "cosine") -> float:
+    """Mean fraction of each point's ``k`` nearest neighbours that share its anchor label.
+
+    A local companion of the silhouette: regions of one anchor next to islands of one user
+    (all anchors of a low-activity user nearly coincide) give a low silhouette but a purity
+    well above chance (1/M). All-zero points are left out; NaN when too few remain.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    points, labels = np.asarray(points, dtype=np.float64), np.asarray(labels)
+    kept = np.abs(points).sum(axis=1) > 0
+    points, labels = points[kept], labels[kept]
+    k = min(k, len(points) - 1)
+    if k < 1:
+        return float("nan")
+    _, neighbours = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(points).kneighbors(points)
+    return float((labels[neighbours[:, 1:]] == labels[:, None]).mean())
+
+
 def tsne_2d(points: np.ndarray, seed: int, perplexity: float = 30.0) -> np.ndarray:
     """t-SNE (scikit-learn, PCA init) of ``points`` into 2-D: (n, 2). Perplexity capped below n/3."""
     from sklearn.manifold import TSNE
@@ -393,9 +412,9 @@ ANALYSIS_DEFAULTS: dict[str, dict[str, Any]] = {
     # tiny: seconds per notebook (tests); default: `make demo` on 2 CPU cores, 06-08 in
     # about 12 minutes together; paper: the paper's sweeps, for a GPU.
     "tiny": {"lengths_months": (2, 12, 36), "ablation_epochs": 1,
-             "d_sweep": (20, 50, 100), "tsne_users": 100},
-    "default": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 2,
-                "d_sweep": (100, 300, 1000, 3000, 10000), "tsne_users": 100},
+             "d_sweep": (25, 50), "tsne_users": 100},
+    "default": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 4,
+                "d_sweep": (100, 300, 1000, 3000, 10_000), "tsne_users": 100},
     "paper": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 10,
               "d_sweep": (1000, 10_000, 100_000, 200_000), "tsne_users": 100},
 }

@@ -148,3 +148,19 @@ def anchor_tsne(points_before: np.ndarray, points_after: np.ndarray, anchors: np
         ax.set(title=f"{name} SMEN (silhouette of anchors {sil:.2f})", xticks=[], yticks=[])
     fig.suptitle("t-SNE of multi-anchor outputs r^i, colour = anchor i (Fig. 5)")
     return fig
+
+
+def anchor_label_heatmap(lift: np.ndarray, label_names: Sequence[str], title: str) -> matplotlib.figure.Figure:
+    """Fig. 5 companion: lift of each label (category) under each anchor i, (M, L) heatmap.
+
+    lift = the label's share of the anchor's alpha-weighted mass / its share overall
+    (``lurm_lite.analysis.top_labels_per_anchor``); 1 = no preference, drawn white.
+    """
+    lift = np.asarray(lift, dtype=float)
+    frame = pd.DataFrame(lift, index=[f"anchor {i}" for i in range(lift.shape[0])], columns=list(label_names))
+    fig, ax = plt.subplots(figsize=(min(16, 2 + 0.45 * lift.shape[1]), 0.35 * lift.shape[0] + 1.8))
+    high = max(2.0, float(np.nanmax(lift)) if lift.size else 2.0)
+    sns.heatmap(frame, cmap="RdBu_r", center=1.0, vmin=0, vmax=high, ax=ax,
+                cbar_kws={"label": "lift (1 = no preference)"})
+    ax.set(xlabel="", ylabel="", title=title)
+    return fig

@@ -155,6 +155,14 @@ def test_anchor_points_and_silhouette_of_separated_and_mixed_anchors():
     with_zeros = separated.copy()
     with_zeros[:10] = 0  # users without periods are left out
     assert analysis.anchor_silhouette(*analysis.anchor_points(with_zeros)) > 0.9
+    assert analysis.anchor_knn_purity(points, labels, k=5) == pytest.approx(1.0)
+    assert analysis.anchor_knn_purity(*analysis.anchor_points(mixed), k=5) < 0.6  # chance: 1/3
+
+
+def test_knn_purity_by_hand():
+    points = np.array([[1.0, 0], [1.0, 0.1], [0, 1.0], [0.1, 1.0]])
+    assert analysis.anchor_knn_purity(points, np.array([0, 0, 1, 1]), k=1) == 1.0
+    assert analysis.anchor_knn_purity(points, np.array([0, 1, 0, 1]), k=1) == 0.0
 
 
 def test_tsne_gives_two_columns():
