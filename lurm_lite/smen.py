@@ -113,7 +113,8 @@ class MultiAnchor(nn.Module):
     alpha_ij depends on the interest j only, so it is computed once for the U interests
     present in the batch; then V_j = alpha_.j (x) W^e_j (M, H) and r = ReLU(S V) where S is
     the sparse (n_rows, U) matrix of the b_j. Cost O(U M H + nnz M H) with U <= nnz,
-    independent of D.
+    independent of D; memory O(U M H) for V. U does grow with D until it nears nnz (many
+    rare interests), and V then no longer fits in cache (benchmarks/smen.py measures it).
     With ``sparse=True`` the gradient of W^e is a sparse tensor over the U rows looked up
     (use ``torch.optim.SparseAdam`` for it), so no step does O(D H) work.
     """

@@ -29,14 +29,17 @@ def dense_multi_anchor(b: torch.Tensor, W_e: torch.Tensor, W_a: torch.Tensor, W_
 
 def random_boi(n_users: int, D: int, max_periods: int, nnz: int, seed: int, granularity: str = "month",
                fixed: dict[int, int] | None = None) -> BoISequences:
-    """Random BoI sequences: 1..max_periods rows per user (``fixed``: user -> rows), ~nnz b_j > 0 a row."""
+    """Random BoI sequences: 1..max_periods rows per user (``fixed``: user -> rows), <= nnz b_j > 0 a row."""
     rng = np.random.default_rng(seed)
     n_rows = rng.integers(1, max_periods + 1, n_users)
     for user, n in (fixed or {}).items():
         n_rows[user] = n
     total = int(n_rows.sum())
-    matrix = sp.random(total, D, density=min(nnz / D, 1.0), format="csr", random_state=seed, dtype=np.float32)
-    matrix.data = np.log1p(rng.integers(1, 5, matrix.nnz)).astype(np.float32)  # b_j = log(1 + count)
+    behaviours = rng.integers(0, D, (total, nnz))  # nnz behaviours a row, interests uniform
+    matrix = sp.csr_matrix((np.ones(total * nnz, np.float32), (np.repeat(np.arange(total), nnz), behaviours.ravel())),
+                           shape=(total, D))
+    matrix.sum_duplicates()
+    matrix.data = np.log1p(matrix.data)  # b_j = log(1 + count), eq. (4)
     period = np.concatenate([np.sort(rng.choice(200, n, replace=False)) for n in n_rows]).astype(np.int64)
     return BoISequences(matrix, np.arange(n_users, dtype=np.int64) * 10,
                         np.concatenate([[0], np.cumsum(n_rows)]).astype(np.int64), period, granularity)
