@@ -53,7 +53,8 @@ def test_notebook_without_its_prerequisites_says_which_to_run_first(tmp_path):
     with pytest.raises(chain.StageFailed) as err:
         chain.run_chain("synthetic", "tiny", tmp_path / "empty", only=["03"])
     message = str(err.value)
-    assert "MissingPrerequisite" in message and "01_data" in message
+    assert "MissingPrerequisite" in message and "item_embeddings.npy" in message
+    assert "Run notebooks/02_item_embedding.ipynb first" in message
 
 
 def _check_run(run: RunPaths, dataset: dict) -> dict:
