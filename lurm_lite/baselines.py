@@ -69,8 +69,8 @@ def tfidf_features(behaviors: pd.DataFrame, items: pd.DataFrame, user_ids: np.nd
     the documents of the given users: unsupervised, no label is seen. ``max_features``
     keeps the V most frequent words (None: all). The matrix stays sparse all the way into
     the probe, whose first layer reads CSR rows through an ``nn.EmbeddingBag``
-    (``lurm_lite.downstream.MLPProbe``), after one global rescaling
-    (``downstream.SparseRowScaler``), so a 1e5-word vocabulary is never densified.
+    (``lurm_lite.downstream.MLPProbe``), standardised per column with the centring folded into
+    that layer (``downstream.SparseStandardScaler``), so a 1e5-word vocabulary is never densified.
     """
     documents = user_documents(behaviors, items["title"].to_numpy(), user_ids)
     vectorizer = TfidfVectorizer(max_features=max_features, dtype=np.float32)

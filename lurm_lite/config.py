@@ -116,7 +116,6 @@ class DownstreamConfig:
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
     bootstrap: int = 1000  # bootstrap resamples of the test set for auc_ci95
-    sparse_grad_min_features: int = 20_000  # sparse inputs this wide train W with SparseAdam
     tfidf_max_features: int | None = 100_000  # TF-IDF vocabulary: the most frequent words (None: all)
     doc2vec_dim: int = 128  # PV-DBOW document vector size
     doc2vec_epochs: int = 10

@@ -109,64 +109,77 @@ def _stratified_split(index: np.ndarray, y: np.ndarray, fraction: float, seed: i
 # ---------------------------------------------------------------------------------------
 
 
-class SparseRowScaler:
-    """Scale sparse inputs by one factor: the mean square of an entry over the training part is 1.
+class SparseStandardScaler:
+    """Standardisation of sparse inputs (TF-IDF, raw BoI) that keeps them sparse.
 
-    Sparse inputs are not centred (that would densify a 1e5-wide vector) and not scaled per
-    column either: per-column scaling would undo the weighting that the features carry
-    (TF-IDF's idf, BoI's log counts) and blow up rare columns (a word seen by one training
-    user gets multiplied by about sqrt(n_train) under unit variance). The one factor gives
-    the columns unit mean square *on average*, the scale that standardised dense inputs have
-    and that the first layer's initialisation assumes; an L2-normalised TF-IDF row left at
-    norm 1 would reach the hidden layer about sqrt(F) times too weak to train in time.
+    - Centring per column, as for dense inputs: without it the probe on all-positive count
+      features is dominated by each user's overall activity, and on the default synthetic
+      data the whole-life BoI row fell to chance (AUC 0.48) on future-category tasks where
+      the centred input reaches 0.66. Centring a 1e5-wide row would densify it, so it is not
+      applied to X: ``offset_`` = mean * scale goes to :class:`MLPProbe`, whose first layer
+      subtracts ``offset_ @ W`` once per batch (exactly the probe on the centred input).
+    - One global factor instead of a std per column: unit variance per column would undo the
+      weighting the features carry (TF-IDF's idf, BoI's log counts) and blow up rare columns
+      (a word seen by one training user gets multiplied by about sqrt(n_train)). The factor
+      gives the centred columns unit variance on average, the scale the first layer's
+      initialisation assumes.
     """
 
-    def fit(self, X_train: sp.spmatrix) -> "SparseRowScaler":
-        mean_square = X_train.multiply(X_train).sum() / max(X_train.shape[0] * X_train.shape[1], 1)
-        self.scale_ = float(1 / np.sqrt(mean_square)) if mean_square > 0 else 1.0
+    def fit(self, X_train: sp.spmatrix) -> "SparseStandardScaler":
+        X_train = sp.csr_matrix(X_train, dtype=np.float64)
+        self.mean_ = np.asarray(X_train.mean(axis=0)).ravel()  # (F,)
+        variance = np.asarray(X_train.multiply(X_train).mean(axis=0)).ravel() - self.mean_**2  # (F,)
+        mean_variance = float(np.maximum(variance, 0.0).mean())
+        self.scale_ = 1 / np.sqrt(mean_variance) if mean_variance > 0 else 1.0  # one factor for all columns
+        self.offset_ = (self.mean_ * self.scale_).astype(np.float32)  # (F,)
         return self
 
     def transform(self, X: sp.spmatrix) -> sp.csr_matrix:
-        return (sp.csr_matrix(X, dtype=np.float32) * np.float32(self.scale_)).tocsr()
+        """X * scale, still sparse (the centring happens in the probe)."""
+        return sp.csr_matrix(sp.csr_matrix(X, dtype=np.float64) * self.scale_, dtype=np.float32)
 
 
-def fit_scaler(X_train: Features) -> StandardScaler | SparseRowScaler:
-    """Input scaling fitted on the training users only (§3.4 probe inputs).
+def fit_scaler(X_train: Features) -> StandardScaler | SparseStandardScaler:
+    """Input standardisation fitted on the training users only (§3.4 probe inputs).
 
-    Dense inputs are standardised per column with the training mean and std (sklearn
-    ``StandardScaler``); sparse inputs (TF-IDF, raw BoI) get :class:`SparseRowScaler`.
+    Dense inputs: sklearn ``StandardScaler`` (training mean and std per column). Sparse inputs
+    (TF-IDF, raw BoI): :class:`SparseStandardScaler`, centred per column (folded into the
+    probe's first layer) and scaled by one global factor.
     """
-    return SparseRowScaler().fit(X_train) if sp.issparse(X_train) else StandardScaler().fit(X_train)
+    return SparseStandardScaler().fit(X_train) if sp.issparse(X_train) else StandardScaler().fit(X_train)
 
 
 class MLPProbe(nn.Module):
     """The downstream MLP of §3.4: one hidden layer (64), ReLU, one logit per class.
 
-    Dense input: ``forward`` takes a (B, F) float tensor. Sparse input (``sparse_input=True``):
-    the first layer is an ``nn.EmbeddingBag`` in ``sum`` mode, which computes the same
-    x @ W from a CSR batch ``(indices, offsets, values)`` at O(nonzeros x hidden) cost, so a
-    1e5-wide TF-IDF or BoI row is never densified. ``sparse_grad`` makes the gradient of W
-    sparse too (only the rows a batch touches), for very wide inputs.
+    Dense input: ``forward`` takes a (B, F) float tensor. Sparse input (``input_offset``
+    given): the first layer is an ``nn.EmbeddingBag`` in ``sum`` mode, which computes x @ W
+    from a CSR batch ``(indices, offsets, values)`` at O(nonzeros x hidden) cost, so a
+    1e5-wide TF-IDF or BoI row is never densified; ``input_offset`` (F,) is the centring of
+    :class:`SparseStandardScaler`, subtracted as ``input_offset @ W``. Both variants start
+    from the same weights for the same seed (W of the sparse one is the dense one's W^T).
     """
 
-    def __init__(self, n_features: int, n_classes: int, hidden: int = 64, sparse_input: bool = False,
-                 sparse_grad: bool = False):
+    def __init__(self, n_features: int, n_classes: int, hidden: int = 64,
+                 input_offset: np.ndarray | None = None):
         super().__init__()
-        self.sparse_input = sparse_input
-        if sparse_input:
-            self.hidden = nn.EmbeddingBag(n_features, hidden, mode="sum", sparse=sparse_grad)  # W: (F, hidden)
-            self.hidden_bias = nn.Parameter(torch.empty(hidden))
-            bound = 1 / math.sqrt(n_features)  # nn.Linear's initialisation
-            nn.init.uniform_(self.hidden.weight, -bound, bound)
-            nn.init.uniform_(self.hidden_bias, -bound, bound)
+        linear = nn.Linear(n_features, hidden)  # nn.Linear's initialisation for both variants
+        self.sparse_input = input_offset is not None
+        if self.sparse_input:
+            # W: (F, hidden); from_pretrained draws no random numbers, so `out` below starts equal too
+            self.hidden = nn.EmbeddingBag.from_pretrained(linear.weight.detach().T.contiguous(), freeze=False,
+                                                          mode="sum")
+            self.hidden_bias = nn.Parameter(linear.bias.detach().clone())
+            self.register_buffer("input_offset", torch.as_tensor(input_offset, dtype=torch.float32))  # (F,)
         else:
-            self.hidden = nn.Linear(n_features, hidden)
+            self.hidden = linear
         self.out = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if self.sparse_input:
             indices, offsets, values = x  # a CSR batch: column ids, row starts, values
-            h = self.hidden(indices, offsets, per_sample_weights=values) + self.hidden_bias  # (B, hidden)
+            centre = self.input_offset @ self.hidden.weight  # (hidden,)
+            h = self.hidden(indices, offsets, per_sample_weights=values) - centre + self.hidden_bias  # (B, hidden)
         else:
             h = self.hidden(x)  # (B, hidden)
         return self.out(F.relu(h))  # (B, n_classes) logits
@@ -183,29 +196,23 @@ def _probe_input(X: Features, rows: np.ndarray, device: torch.device):
 
 
 def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.ndarray, n_classes: int,
-                config: DownstreamConfig, seed: int, device: str | torch.device = "cpu") -> MLPProbe:
+                config: DownstreamConfig, seed: int, device: str | torch.device = "cpu",
+                input_offset: np.ndarray | None = None) -> MLPProbe:
     """Train the §3.4 probe with Adam (lr, batch size from ``config``); early stopping.
 
-    Inputs are already scaled (:func:`fit_scaler`). After every epoch the cross-entropy on
-    (``X_val``, ``y_val``) is measured; training stops after ``config.patience`` epochs
-    without improvement and the weights of the best epoch are restored. Sparse input with at
-    least ``config.sparse_grad_min_features`` columns trains the first layer's W (F, hidden)
-    with ``SparseAdam``, the Adam that updates only the rows of W a batch touches: at
-    F = 1e5 a dense Adam step over all of W costs about 15x more; below the threshold the
-    dense step is the cheaper one. Seeded: the same inputs give the same probe.
+    Inputs are already scaled (:func:`fit_scaler`); sparse inputs come with the scaler's
+    ``offset_`` as ``input_offset``. After every epoch the cross-entropy on (``X_val``,
+    ``y_val``) is measured; training stops after ``config.patience`` epochs without
+    improvement and the weights of the best epoch are restored. Seeded: the same inputs
+    give the same probe.
     """
     device = torch.device(device)
-    sparse_input = sp.issparse(X_fit)
-    sparse_grad = sparse_input and X_fit.shape[1] >= config.sparse_grad_min_features
+    if sp.issparse(X_fit) != (input_offset is not None):
+        raise ValueError("sparse probe inputs need the scaler's input_offset, and dense ones must not get one")
     with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
         torch.manual_seed(seed)
-        probe = MLPProbe(X_fit.shape[1], n_classes, config.hidden, sparse_input, sparse_grad).to(device)
-    if sparse_grad:
-        dense_params = [p for name, p in probe.named_parameters() if name != "hidden.weight"]
-        optimizers = [torch.optim.SparseAdam([probe.hidden.weight], lr=config.lr),
-                      torch.optim.Adam(dense_params, lr=config.lr)]
-    else:
-        optimizers = [torch.optim.Adam(probe.parameters(), lr=config.lr)]
+        probe = MLPProbe(X_fit.shape[1], n_classes, config.hidden, input_offset).to(device)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr)
     shuffle = torch.Generator().manual_seed(seed)
     y_fit_t, y_val_t = torch.from_numpy(y_fit).to(device), torch.from_numpy(y_val)
     best_loss, best_state, epochs_since_best = math.inf, copy.deepcopy(probe.state_dict()), 0
@@ -214,11 +221,9 @@ def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.n
         for batch in torch.randperm(len(y_fit), generator=shuffle).split(config.batch_size):
             logits = probe(_probe_input(X_fit, batch.numpy(), device))  # (B, K)
             loss = F.cross_entropy(logits, y_fit_t[batch.to(device)])
-            for optimizer in optimizers:
-                optimizer.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
+            optimizer.step()
         val_loss = F.cross_entropy(_logits(probe, X_val, config.batch_size * 8, device), y_val_t).item()
         if val_loss < best_loss:
             best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(probe.state_dict()), 0
@@ -350,7 +355,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     scaler = fit_scaler(X[train_idx])
     with _one_cpu_thread(device):
         probe = train_probe(scaler.transform(X[fit_idx]), y[fit_idx], scaler.transform(X[val_idx]), y[val_idx],
-                            n_classes, config, seed, device)
+                            n_classes, config, seed, device, input_offset=getattr(scaler, "offset_", None))
         proba = predict_proba(probe, scaler.transform(X[test_idx]), config.batch_size * 8, device)
     metrics = classification_metrics(y[test_idx], proba)
     metrics["auc_ci95"] = bootstrap_auc_ci(y[test_idx], proba, config.bootstrap, seed)
