@@ -11,7 +11,7 @@ RUN_DIR ?= runs/demo
 SCALE  ?= default
 DEVICE ?= auto
 
-.PHONY: demo test lab venv bench clean-venv
+.PHONY: demo test lab venv bench readme clean-venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Regenerates README.md's results block and docs/figures/ from the demo run.
+readme: demo
+	$(PY) -m lurm_lite readme --run-dir $(RUN_DIR)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

@@ -30,11 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun stages whose outputs are complete")
     run.add_argument("--only", nargs="+", metavar="NN",
                      help="run only the notebooks whose names start with these prefixes, e.g. 01 02")
+    readme = commands.add_parser("readme", help="rewrite README.md's results block from a run folder")
+    readme.add_argument("--run-dir", required=True)
+    readme.add_argument("--readme", default="README.md")
+    readme.add_argument("--figure-dir", default="docs/figures")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "readme":
+        from lurm_lite.report import update_readme
+
+        print(f"updated {update_readme(args.run_dir, args.readme, args.figure_dir)}")
+        return 0
     from lurm_lite.chain import ChainError, StageFailed, parse_value, run_chain
 
     extra = {name: parse_value(value) for name, value in args.parameter}

@@ -102,6 +102,14 @@ def prepare_dataset(dataset: str, scale: str, seed: int, out_dir: str | Path) ->
     return out_dir
 
 
+def _record_timings(run: RunPaths, stages: dict[str, Any]) -> None:
+    """Keep the latest run time of every stage in ``RUN_DIR/chain.json`` (skipped stages keep theirs)."""
+    path = run.root / "chain.json"
+    seconds = load_json(path)["stage_seconds"] if path.exists() else {}
+    seconds.update({stem: info["seconds"] for stem, info in stages.items() if info["status"] == "ran"})
+    save_json(path, {"stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)})
+
+
 def _stamp_path(run: RunPaths, stem: str) -> Path:
     return run.notebooks / f"{stem}.parameters.json"
 
@@ -177,6 +185,7 @@ def run_chain(
         log(f"[lurm_lite] {nb.stem}: done in {seconds:.1f} s")
     figures = sorted(str(p) for p in run.figures.glob("*.png"))
     summary["figures"] = figures
+    _record_timings(run, summary["stages"])
     summary["results"] = str(run.results) if run.results.exists() else None
     log(f"[lurm_lite] executed notebooks: {run.notebooks}")
     log(f"[lurm_lite] figures ({len(figures)}): {run.figures}")

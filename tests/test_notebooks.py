@@ -126,3 +126,22 @@ def test_nbval_lax_on_the_data_notebook(tmp_path):
                              str(prepared)], capture_output=True, text=True, cwd=chain.NOTEBOOK_DIR)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "01_data.json").read_text())["table1"]["|U|"] > 0
+
+
+@pytest.mark.notebook
+def test_readme_block_is_regenerated_from_the_run(synthetic_run, tmp_path):
+    from lurm_lite.report import END, START, update_readme
+
+    run, _ = synthetic_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# kit\n\nbefore\n{START}\nstale table\n{END}\nafter\n")
+    update_readme(run.root, readme, tmp_path / "docs" / "figures")
+    text = readme.read_text()
+    assert "stale table" not in text and text.startswith("# kit\n\nbefore\n") and text.endswith("after\n")
+    assert (run.root / "results.md").read_text().strip() in text
+    assert (tmp_path / "docs" / "figures" / "demo_results_auc.png").exists()
+    assert "](docs/figures/demo_results_auc.png)" in text
+    assert "stage times" in text and "05: " in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results block"):
+        update_readme(run.root, readme, tmp_path / "docs" / "figures")
