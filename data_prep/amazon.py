@@ -79,6 +79,40 @@ class _Report(dict):
             self["first_malformed_line"] = line_no
 
 
+def _records(paths: Sequence[str | Path], report: dict, fields) -> Iterator[tuple[Path, tuple]]:
+    """Well-formed records of JSON-lines files as ``(path, fields(record))``.
+
+    A line that is not JSON, or for which ``fields`` raises KeyError/TypeError/ValueError (a
+    missing or mistyped field), is counted as malformed in ``report[path]``, never fatal.
+    """
+    for path in map(Path, paths):
+        rep = report.setdefault(str(path), _Report())
+        for line_no, line in enumerate(_lines(path), start=1):
+            if not line.strip():
+                continue
+            rep["lines"] += 1
+            try:
+                values = fields(json.loads(line))
+            except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                rep.bad(line_no)
+                continue
+            yield path, values
+
+
+def _review_fields(rec: dict) -> tuple[str, str, int]:
+    reviewer, asin, ts = rec["reviewerID"], rec["asin"], rec["unixReviewTime"]
+    if not (isinstance(reviewer, str) and isinstance(asin, str) and isinstance(ts, int)) or isinstance(ts, bool):
+        raise TypeError
+    return reviewer, asin, ts
+
+
+def _meta_fields(rec: dict) -> tuple[str, str, list]:
+    asin, title, cats = rec["asin"], rec.get("title", ""), rec.get("category", [])
+    if not (isinstance(asin, str) and isinstance(title, str) and isinstance(cats, list)):
+        raise TypeError
+    return asin, title, cats
+
+
 def read_reviews(paths: Sequence[str | Path], report: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
     """Stream review files into compact arrays.
 
@@ -88,23 +122,10 @@ def read_reviews(paths: Sequence[str | Path], report: dict) -> tuple[np.ndarray,
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     u_arr, i_arr, t_arr = array("i"), array("i"), array("q")
-    for path in map(Path, paths):
-        rep = report.setdefault(str(path), _Report())
-        for line_no, line in enumerate(_lines(path), start=1):
-            if not line.strip():
-                continue
-            rep["lines"] += 1
-            try:
-                rec = json.loads(line)
-                reviewer, asin, ts = rec["reviewerID"], rec["asin"], rec["unixReviewTime"]
-                if not (isinstance(reviewer, str) and isinstance(asin, str) and isinstance(ts, int)) or isinstance(ts, bool):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                rep.bad(line_no)
-                continue
-            u_arr.append(users.setdefault(reviewer, len(users)))
-            i_arr.append(items.setdefault(asin, len(items)))
-            t_arr.append(ts)
+    for _, (reviewer, asin, ts) in _records(paths, report, _review_fields):
+        u_arr.append(users.setdefault(reviewer, len(users)))
+        i_arr.append(items.setdefault(asin, len(items)))
+        t_arr.append(ts)
     return (np.asarray(u_arr, dtype=np.int64), np.asarray(i_arr, dtype=np.int64), np.asarray(t_arr, dtype=np.int64),
             list(users), list(items))
 
@@ -119,34 +140,21 @@ def read_meta(paths: Sequence[str | Path], asins: list[str], report: dict) -> tu
     index = {a: k for k, a in enumerate(asins)}
     text = np.full((len(asins), 3), None, dtype=object)
     counts = {"duplicate_meta_lines": 0, "items_with_empty_title": 0}
-    for path in map(Path, paths):
-        rep = report.setdefault(str(path), _Report())
+    for path, (asin, title, cats) in _records(paths, report, _meta_fields):
+        k = index.get(asin)
+        if k is None:
+            continue
+        if text[k, 0] is not None:
+            counts["duplicate_meta_lines"] += 1
+            continue
         fallback = _file_category(path)
-        for line_no, line in enumerate(_lines(path), start=1):
-            if not line.strip():
-                continue
-            rep["lines"] += 1
-            try:
-                rec = json.loads(line)
-                asin, title, cats = rec["asin"], rec.get("title", ""), rec.get("category", [])
-                if not (isinstance(asin, str) and isinstance(title, str) and isinstance(cats, list)):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
-                rep.bad(line_no)
-                continue
-            k = index.get(asin)
-            if k is None:
-                continue
-            if text[k, 0] is not None:
-                counts["duplicate_meta_lines"] += 1
-                continue
-            cats = [c for c in (_clean(str(c)) for c in cats) if c]
-            path_text = " > ".join(cats) if cats else fallback
-            title = _clean(title)
-            if not title:
-                counts["items_with_empty_title"] += 1
-                title = path_text
-            text[k] = (title, cats[0] if cats else fallback, path_text)
+        cats = [c for c in (_clean(str(c)) for c in cats) if c]
+        path_text = " > ".join(cats) if cats else fallback
+        title = _clean(title)
+        if not title:
+            counts["items_with_empty_title"] += 1
+            title = path_text
+        text[k] = (title, cats[0] if cats else fallback, path_text)
     return text, counts
 
 
