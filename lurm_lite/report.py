@@ -37,7 +37,7 @@ def results_block(run: RunPaths, figure_dir: Path, readme_dir: Path) -> str:
         if source.exists():
             target = figure_dir / f"demo_{name}.png"
             shutil.copyfile(source, target)
-            lines += [f"![{caption}]({target.relative_to(readme_dir).as_posix()})", "", f"*{caption}.*", ""]
+            lines += [f"{caption}:", "", f"![{caption}]({target.relative_to(readme_dir).as_posix()})", ""]
     lines.append(END)
     return "\n".join(lines)
 
