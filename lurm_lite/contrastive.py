@@ -39,3 +39,23 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float = 0.1) -> torch.Tensor
     positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2n,)
     # cross_entropy averages -log softmax over the 2n anchors: the 1/(2n) sum of eq. (3).
     return F.cross_entropy(logits, positive)
+
+
+def adam_optimizers(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Parameter],
+                    lr: float) -> list[torch.optim.Optimizer]:
+    """Adam (§3.4, lr 1e-3 in the paper) for ``dense`` parameters and SparseAdam for the
+    embedding tables in ``sparse`` whose gradients are sparse (word table W_i, W^e), so a
+    step touches only the rows a batch used."""
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+    return optimizers
+
+
+def optimizer_step(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> None:
+    """One training step of ``loss`` (eq. 3) for every optimizer of :func:`adam_optimizers`."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()

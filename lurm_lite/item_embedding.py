@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lurm_lite.config import ItemEmbeddingConfig
-from lurm_lite.contrastive import info_nce
+from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
 from lurm_lite.runs import device as pick_device
 from lurm_lite.runs import seed_everything
 from lurm_lite.text import PAD_ID
@@ -178,12 +178,9 @@ def train_item_encoder(
     dev = pick_device(device) if not isinstance(device, torch.device) else device
     vocab_size = vocab_size if vocab_size is not None else int(tokens.max()) + 1
     encoder = ItemEncoder(vocab_size, config.dim, sparse=config.sparse_word_grad).to(dev)
-    dense_params = list(encoder.proj.parameters())
-    if config.sparse_word_grad:
-        optimizers = [torch.optim.SparseAdam(list(encoder.words.parameters()), lr=config.lr),
-                      torch.optim.Adam(dense_params, lr=config.lr)]
-    else:
-        optimizers = [torch.optim.Adam(encoder.parameters(), lr=config.lr)]
+    word_table = list(encoder.words.parameters())  # W_i: sparse gradients with sparse_word_grad
+    optimizers = adam_optimizers(list(encoder.proj.parameters()) + ([] if config.sparse_word_grad else word_table),
+                                 word_table if config.sparse_word_grad else [], config.lr)
 
     all_tokens = torch.as_tensor(tokens, dtype=torch.long, device=dev)  # (n_items, Tr)
     user_ids = behaviors_df["user_id"].to_numpy()
@@ -205,11 +202,7 @@ def train_item_encoder(
             batch_y = items_y[start : start + config.batch_size]  # (n,)
             e = encoder(all_tokens[torch.cat([batch_x, batch_y])])  # (2n, H)
             loss = info_nce(e[: len(batch_x)], e[len(batch_x) :], tau=config.tau)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
+            optimizer_step(loss, optimizers)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     encoder.eval()

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from lurm_lite import runs
 from lurm_lite.boi import BoISequences
 from lurm_lite.config import DAY_SECONDS, SMENConfig, UserTrainingConfig
-from lurm_lite.contrastive import info_nce
+from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
 from lurm_lite.smen import SMEN, ScaleBatch, collate_rows, row_ranges
 
 # ---------------------------------------------------------------------------------------
@@ -184,14 +184,6 @@ class PairSampler:
 # ---------------------------------------------------------------------------------------
 
 
-def _optimizers(model: SMEN, lr: float) -> list[torch.optim.Optimizer]:
-    """Adam for the dense parameters; SparseAdam for W^e when its gradient is sparse."""
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(model.dense_parameters(), lr=lr)]
-    if model.sparse_parameters():
-        optimizers.append(torch.optim.SparseAdam(model.sparse_parameters(), lr=lr))
-    return optimizers
-
-
 def _rng_states() -> dict:
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -230,7 +222,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
     torch.manual_seed(seed)
     model = SMEN(boi[smen_config.scales[0]].n_interests, smen_config.hidden, smen_config.anchors,
                  smen_config.scales, sparse=smen_config.sparse_grad).to(dev)
-    optimizers = _optimizers(model, train_config.lr)
+    optimizers = adam_optimizers(model.dense_parameters(), model.sparse_parameters(), train_config.lr)
     history: dict[str, list[float]] = {"step": [], "epoch": []}
     first_epoch = 0
     if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
@@ -263,11 +255,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
                 z = model.project(model(batch))  # (2B, M*H) h(R^)
             loss = info_nce(z[:len(k)].float(), z[len(k):].float(), train_config.tau)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
+            optimizer_step(loss, optimizers)
             epoch_losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
