@@ -28,14 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lurm_lite import runs  # noqa: E402
-from lurm_lite.contrastive import info_nce  # noqa: E402
+from lurm_lite.contrastive import adam_optimizers, info_nce  # noqa: E402
 from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
 from lurm_lite.user_training import encode_users  # noqa: E402
 
@@ -97,7 +96,6 @@ def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
     out = {"n_rows": x.n_rows, "nnz": int(x.nz_value.numel()), "distinct_interests_U": int(x.interests.numel())}
     out["sparse_ms"], out["sparse_reps"] = timed(sparse_step, dev, reps)
     out["dense_ms"], out["dense_reps"] = timed(dense_step, dev, reps)
-    del b, W
 
     # whole SMEN forward + backward, then the optimizer step: SparseAdam vs dense Adam on W^e
     full = {g_: v.to(dev) for g_, v in batch.items()}
@@ -112,11 +110,9 @@ def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
     for name, sparse in (("sparse_adam", True), ("dense_adam", False)):
         torch.manual_seed(0)
         m = SMEN(D, H, M, ("month", "year"), sparse=sparse).to(dev)
-        opts = [torch.optim.Adam(m.dense_parameters(), lr=1e-3)]
-        if sparse:
-            opts.append(torch.optim.SparseAdam(m.sparse_parameters(), lr=1e-3))
+        optimizers = adam_optimizers(m.dense_parameters(), m.sparse_parameters(), lr=1e-3)
         smen_fwd_bwd(m)
-        out[f"step_{name}_ms"], _ = timed(lambda: [o.step() for o in opts], dev, reps)
+        out[f"step_{name}_ms"], _ = timed(lambda opts=optimizers: [o.step() for o in opts], dev, reps)
     return out
 
 
