@@ -308,6 +308,18 @@ def _windows(timelines: dict[str, Timeline], scales: tuple[str, ...], user_ids: 
     return out
 
 
+@contextlib.contextmanager
+def _inference(model: SMEN):
+    """Eval mode and no autograd for the duration; the model's former mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray,
                  device: torch.device | str | None, last_months: int | None = None,
                  history_end_ts: int | None = None, batch_size: int = 512,
@@ -336,15 +348,12 @@ def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray
     timelines = {s: Timeline(boi[s]) for s in model.scales}
     windows = _windows(timelines, model.scales, user_ids, last_months, history_end_ts, coarse_rows)
     reps = np.zeros((len(user_ids), model.anchors * model.hidden), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with _inference(model):
         for start in range(0, len(user_ids), batch_size):
             part = slice(start, start + batch_size)
             batch = {s: collate_rows(boi[s], *row_ranges(lo[part], hi[part])).to(dev)
                      for s, (lo, hi) in windows.items()}
             reps[part] = model(batch).flatten(1).float().cpu().numpy()  # (b, M*H)
-    model.train(was_training)
     return reps
 
 
@@ -362,9 +371,7 @@ def anchor_outputs(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarr
     timeline = Timeline(seqs)
     lo, hi = timeline.whole_life(timeline.user_index(user_ids))
     out = np.zeros((len(user_ids), model.anchors, model.hidden), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with _inference(model):
         for start in range(0, len(user_ids), batch_size):
             part = slice(start, start + batch_size)
             x = collate_rows(seqs, *row_ranges(lo[part], hi[part])).to(dev)
@@ -372,7 +379,6 @@ def anchor_outputs(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarr
             total = r.new_zeros(x.n_users, *r.shape[1:]).index_add_(0, x.row_user, r)  # (b, M, H)
             count = x.lengths.clamp(min=1).to(r)[:, None, None]
             out[part] = (total / count).cpu().numpy()
-    model.train(was_training)
     return out
 
 
