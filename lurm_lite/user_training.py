@@ -5,17 +5,25 @@ sub-sequences randomly sampled from the whole life time T"). For each user of a 
 two views are drawn independently:
 
 - a span [a, a + L) of periods of the finest scale (``smen_config.scales[0]``, months by
-  default). L is uniform in [min_subseq_periods, max_subseq_fraction x life span], capped
-  at ``max_periods`` and at the life span (first to last non-empty period); the start a is
-  a non-empty period drawn uniformly among those that leave room for L, so a view is never
-  empty. Two views of one user may overlap, touch or be disjoint: their overlap is not
-  fixed, it follows from the two independent draws.
-- every scale contributes its rows whose period overlaps the span: the monthly rows in it
-  and, for the year scale, the yearly rows of the years the span touches.
-- each period of a view is then dropped with probability ``period_dropout`` (one period is
-  always kept). A user whose life is shorter than ``min_subseq_periods`` thus gets two
-  views of the whole life that differ by the dropped periods only; a user with a single
-  period gets two identical views, still a valid positive with in-batch negatives.
+  default). L is uniform in [min_subseq_periods, max_subseq_fraction x life span] (capped
+  at ``max_periods`` when set; by default not, so training views are as long as the
+  whole-life timelines encoded later); the life runs from the user's first non-empty
+  period to the data's last period, quiet tail included. The start a is a non-empty period
+  drawn uniformly among those that leave room for L, so a view is never empty. Two views
+  of one user may overlap, touch or be disjoint: their overlap follows from the two
+  independent draws.
+- each finest-scale period of a view is dropped with probability ``period_dropout`` (one
+  is always kept);
+- every scale of the view is then built from its kept finest rows only
+  (:func:`collate_views`): the year rows are sums of the view's own months, never the
+  precomputed whole-year rows, so no row of a view depends on a behaviour outside it (a
+  shared year row would let the loss match rows instead of users); and the timeline runs
+  at a fixed interval from the view's first behaviour to its end, empty periods included.
+  Encoding (:func:`encode_users`) builds a window by the same rule.
+
+A user whose life is shorter than ``min_subseq_periods`` gets two views of the whole life
+that differ by the dropped periods only; a user with a single period gets two identical
+views, still a valid positive with in-batch negatives.
 
 The other users of the batch are the negatives; the loss is eq. (3)
 (``lurm_lite.contrastive.info_nce``) on the projection head outputs h(R^).
@@ -31,16 +39,18 @@ import contextlib
 import dataclasses
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from lurm_lite import runs
-from lurm_lite.boi import BoISequences
+from lurm_lite.boi import BoISequences, period_index
 from lurm_lite.config import DAY_SECONDS, SMENConfig, UserTrainingConfig
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
-from lurm_lite.smen import SMEN, ScaleBatch, collate_rows, row_ranges
+from lurm_lite.smen import SMEN, ScaleBatch, collate_matrix, collate_rows, row_ranges
 
 # ---------------------------------------------------------------------------------------
 # Periods in time, and windows of rows
@@ -135,34 +145,111 @@ def _drop_periods(rows: np.ndarray, lengths: np.ndarray, p: float, rng: np.rando
     return rows[keep], np.bincount(owner[keep], minlength=len(lengths)).astype(np.int64)
 
 
+def coarse_periods(fine: str, period: np.ndarray, coarse: str) -> np.ndarray:
+    """The ``coarse`` period holding each ``fine`` period (e.g. month -> year): (n,) int64.
+
+    Raises when a fine period straddles two coarse ones (7-day periods inside months):
+    the coarse rows of a view are sums of its fine rows (``collate_views``), which needs
+    every fine period to lie inside one coarse period.
+    """
+    start = period_start_ts(fine, period)  # (n,)
+    first, last = period_index(start, coarse), period_index(period_start_ts(fine, period + 1) - 1, coarse)
+    if (first != last).any():
+        raise ValueError(f"a {fine!r} period straddles two {coarse!r} periods; SMEN's scales must nest "
+                         "(e.g. ('month', 'year') or ('7d', '28d'))")
+    return first
+
+
+def collate_views(base: BoISequences, rows: np.ndarray, rows_per_view: np.ndarray, end_ts: np.ndarray,
+                  scales: tuple[str, ...]) -> dict[str, ScaleBatch]:
+    """The fixed-interval timelines of V views at every scale, all from the finest rows (§2.2).
+
+    A view is the rows ``rows`` of ``base`` (the finest scale, ``scales[0]``) that fall in a
+    window ending at ``end_ts`` (unix s, exclusive, one per view); ``rows_per_view`` (V,) says
+    how many rows each view owns.
+
+    - **Every scale from the behaviours inside the view** (§2.2.4, DESIGN.md quality
+      principles): a coarse row b'_t of a view is eq. (4) over the view's own fine periods
+      in t, log(1 + sum of their counts) with counts = exp(b_j) - 1, never the precomputed
+      coarse row, which would count behaviours outside the window (and let two views of
+      one user share rows: a shortcut for the contrastive loss).
+    - **Time in the timeline** (§2.2: "T is divided into N parts at a fixed time
+      interval"): at each scale the timeline runs from the view's first non-empty period
+      to the period holding ``end_ts - 1``, empty periods included (they have no row; the
+      GRU reads r = ReLU(0) = 0 there). So the same behaviours further back before the
+      window end give a longer quiet tail and another representation. Steps before the
+      first behaviour are left out: with no input yet they would only count the months
+      since the window start, at the GRU's cost.
+
+    Returns ``{scale: ScaleBatch}`` with the same V users (views) at every scale.
+    """
+    rows_per_view = np.asarray(rows_per_view, dtype=np.int64)
+    end_ts = np.asarray(end_ts, dtype=np.int64)
+    n_views = len(rows_per_view)
+    fine = base.matrix[np.asarray(rows, dtype=np.int64)]  # (n_rows, D) CSR
+    fine_period = base.period[np.asarray(rows, dtype=np.int64)]  # (n_rows,)
+    view = np.repeat(np.arange(n_views, dtype=np.int64), rows_per_view)  # (n_rows,)
+    batch = {}
+    for scale in scales:
+        if scale == base.granularity:
+            sub, period, row_view = fine, fine_period, view
+        else:  # sum the fine counts of each (view, coarse period): one sparse product
+            coarse = coarse_periods(base.granularity, fine_period, scale)  # (n_rows,)
+            new_row = np.r_[True, (view[1:] != view[:-1]) | (coarse[1:] != coarse[:-1])]  # (n_rows,)
+            group = np.cumsum(new_row) - 1  # (n_rows,) coarse row of each fine row
+            counts = fine.copy()
+            counts.data = np.expm1(counts.data.astype(np.float64))  # b_j -> count of interest j
+            G = sp.csr_matrix((np.ones(len(group)), (group, np.arange(len(group)))),
+                              shape=(int(group[-1]) + 1 if len(group) else 0, len(group)))
+            sub = (G @ counts).tocsr()  # (n_coarse_rows, D) counts
+            sub.data = np.log1p(sub.data).astype(np.float32)  # eq. (4)
+            period, row_view = coarse[new_row], view[new_row]
+        n_rows = np.bincount(row_view, minlength=n_views)  # (V,)
+        first_row = np.cumsum(n_rows) - n_rows  # (V,)
+        has_rows = n_rows > 0
+        first = np.zeros(n_views, dtype=np.int64)  # (V,) the view's first non-empty period
+        first[has_rows] = period[first_row[has_rows]]
+        last = period_index(end_ts - 1, scale)  # (V,) period holding the window's last second
+        lengths = np.where(has_rows, last - first + 1, 0)  # (V,) N: first behaviour .. window end
+        batch[scale] = collate_matrix(sub, n_rows, row_step=period - first[row_view], lengths=lengths)
+    return batch
+
+
 class PairSampler:
     """Draws the two views of §2.2.4 for a batch of users (see the module docstring).
 
     ``users`` are the trainable users (at least one period at the finest scale), as
     positions in ``boi[scales[0]]``. ``sample(k, rng)`` returns ``{scale: ScaleBatch}`` of 2B
-    views: rows 0..B-1 are the x views of users k, rows B..2B-1 their y views.
+    views: rows 0..B-1 are the x views of users k, rows B..2B-1 their y views. Only
+    ``boi[scales[0]]`` is read: the coarser scales of a view are summed from its own fine
+    periods (:func:`collate_views`).
     """
 
     def __init__(self, boi: dict[str, BoISequences], scales: tuple[str, ...], config: UserTrainingConfig):
         self.scales, self.config = tuple(scales), config
-        self.timelines = {s: Timeline(boi[s]) for s in self.scales}
-        base = boi[self.scales[0]]
+        self.base = Timeline(boi[self.scales[0]])
+        base = self.base.seqs
         self.users = np.flatnonzero(np.diff(base.user_ptr) > 0)
-        # position of each base user in every scale (-1: absent there)
-        self.index = {s: self.timelines[s].user_index(base.user_ids) for s in self.scales}
+        # the data's last period: views may run past a user's last behaviour up to it
+        self.last_period = int(base.period.max()) if len(base.period) else 0
 
     def spans(self, k: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One span per entry of k: (A, B) unix seconds of [a, a + L) finest-scale periods."""
-        cfg, base = self.config, self.timelines[self.scales[0]]
+        """One span per entry of k: (A, B) unix seconds of [a, a + L) finest-scale periods.
+
+        The life runs from the user's first non-empty period to the data's last period
+        (quiet years after a user's last behaviour are part of the timeline, as at encoding).
+        """
+        cfg, base = self.config, self.base
         ptr, period = base.seqs.user_ptr, base.seqs.period
-        first, last = period[ptr[k]], period[ptr[k + 1] - 1]
-        life = last - first + 1  # (n,) life span in periods, gaps included
+        first = period[ptr[k]]
+        life = self.last_period - first + 1  # (n,) life span in periods, gaps and quiet tail included
         shortest = np.minimum(cfg.min_subseq_periods, life)  # a life shorter than that: all of it
         longest = np.maximum(np.floor(cfg.max_subseq_fraction * life).astype(np.int64), shortest)
-        longest = np.minimum(longest, cfg.max_periods)
+        if cfg.max_periods is not None:
+            longest = np.minimum(longest, cfg.max_periods)
         shortest = np.minimum(shortest, longest)
         L = rng.integers(shortest, longest + 1)  # (n,)
-        latest = np.maximum(last - L + 1, first)  # last start that leaves room for L
+        latest = np.maximum(self.last_period - L + 1, first)  # last start that leaves room for L
         n_starts = np.searchsorted(base.key_period, _pack(k, latest), side="right") - ptr[k]  # >= 1
         a = period[ptr[k] + (rng.random(len(k)) * n_starts).astype(np.int64)]
         g = base.seqs.granularity
@@ -171,12 +258,9 @@ class PairSampler:
     def sample(self, k: np.ndarray, rng: np.random.Generator) -> dict[str, ScaleBatch]:
         both = np.concatenate([k, k])  # (2B,) x views then y views
         A, B = self.spans(both, rng)
-        batch = {}
-        for s in self.scales:
-            lo, hi = self.timelines[s].rows_in(self.index[s][both], A, B)
-            rows, lengths = _drop_periods(*row_ranges(lo, hi), self.config.period_dropout, rng)
-            batch[s] = collate_rows(self.timelines[s].seqs, rows, lengths)
-        return batch
+        lo, hi = self.base.rows_in(both, A, B)
+        rows, lengths = _drop_periods(*row_ranges(lo, hi), self.config.period_dropout, rng)
+        return collate_views(self.base.seqs, rows, lengths, B, self.scales)
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,7 +285,9 @@ def _set_rng_states(states: dict) -> None:
 
 def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
                device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
-               resume: bool = True, progress: bool = True) -> tuple[SMEN, dict[str, list[float]]]:
+               resume: bool = True, progress: bool = True,
+               on_epoch_end: Callable[[int, SMEN], dict | None] | None = None
+               ) -> tuple[SMEN, dict[str, list]]:
     """Train SMEN with the contrastive loss of §2.2.4 (eq. 3 on h(R^) of two views per user).
 
     One epoch visits every trainable user once, in a random order, ``batch_size`` users per
@@ -214,16 +300,22 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
         checkpoint_path: written atomically after every epoch (model, optimizers, RNG states,
             epoch, loss history). With ``resume`` an existing one is continued; it must come
             from the same ``smen_config`` and ``seed``.
+        on_epoch_end: called as ``on_epoch_end(epoch, model)`` after every epoch (model in
+            eval mode for the call, train mode restored after); a returned dict is kept in
+            ``history["eval"]`` with the epoch and the number of steps so far (learning
+            curves: downstream AUC or retrieval against training steps). It must not draw
+            from the global RNGs if a resumed run is to match an uninterrupted one.
 
     Returns:
-        (model in eval mode, ``{"step": loss per step, "epoch": mean loss per epoch}``).
+        (model in eval mode, ``{"step": loss per step, "epoch": mean loss per epoch,
+        "eval": [{"epoch", "step", ...on_epoch_end's values}]}``).
     """
     dev = runs.device(str(device) if device is not None else "auto")
     torch.manual_seed(seed)
     model = SMEN(boi[smen_config.scales[0]].n_interests, smen_config.hidden, smen_config.anchors,
                  smen_config.scales, sparse=smen_config.sparse_grad).to(dev)
     optimizers = adam_optimizers(model.dense_parameters(), model.sparse_parameters(), train_config.lr)
-    history: dict[str, list[float]] = {"step": [], "epoch": []}
+    history: dict[str, list] = {"step": [], "epoch": [], "eval": []}
     first_epoch = 0
     if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
         ckpt = torch.load(checkpoint_path, map_location=dev, weights_only=False)
@@ -234,6 +326,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
         for optimizer, state in zip(optimizers, ckpt["optimizers"]):
             optimizer.load_state_dict(state)
         history, first_epoch = ckpt["history"], ckpt["epoch"]
+        history.setdefault("eval", [])
         _set_rng_states(ckpt["rng"])
 
     sampler = PairSampler(boi, smen_config.scales, train_config)
@@ -261,6 +354,12 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
             bar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
         history["step"].extend(epoch_losses)
         history["epoch"].append(float(np.mean(epoch_losses)))
+        if on_epoch_end is not None:
+            model.eval()
+            values = on_epoch_end(epoch, model)
+            model.train()
+            if values is not None:
+                history["eval"].append({"epoch": epoch + 1, "step": len(history["step"]), **values})
         if checkpoint_path is not None:
             runs.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(),
@@ -286,26 +385,18 @@ def _month_start_ts(ts: np.ndarray, months_back: int) -> np.ndarray:
     return period_start_ts("month", month + 1 - months_back)
 
 
-def _windows(timelines: dict[str, Timeline], scales: tuple[str, ...], user_ids: np.ndarray,
-             last_months: int | None, history_end_ts: int | None, coarse_rows: str) -> dict:
-    """Rows [lo, hi) per scale of each user in the encoding window (see ``encode_users``)."""
-    index = {s: timelines[s].user_index(user_ids) for s in scales}
-    if last_months is None and history_end_ts is None:
-        return {s: timelines[s].whole_life(index[s]) for s in scales}
-    base = timelines[scales[0]]
-    k0 = index[scales[0]]
-    if history_end_ts is not None:
-        B = np.full(len(user_ids), int(history_end_ts), dtype=np.int64)
-    else:  # each user's own last period at the finest scale; users without one get nothing
-        ptr, k = base.seqs.user_ptr, np.maximum(k0, 0)
-        k0 = np.where((k0 >= 0) & (ptr[k + 1] > ptr[k]), k0, -1)
-        B = np.append(base.end_ts, 0)[np.where(k0 >= 0, ptr[k + 1] - 1, -1)]  # (n,) 0 when none
+def _window(base: Timeline, user_ids: np.ndarray, last_months: int | None, history_end_ts: int | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Finest-scale rows [lo, hi) of each user in the encoding window, and its end B (unix s)."""
+    k = base.user_index(user_ids)  # (n,) -1 where absent
+    if history_end_ts is None:  # the end of the data's last period
+        end = int(base.end_ts.max()) if len(base.end_ts) else 0
+    else:
+        end = int(history_end_ts)
+    B = np.full(len(user_ids), end, dtype=np.int64)
     A = _month_start_ts(B, last_months) if last_months is not None else np.full_like(B, np.iinfo(np.int64).min)
-    out = {}
-    for s in scales:
-        k = np.where(k0 >= 0, index[s], -1) if history_end_ts is None else index[s]
-        out[s] = timelines[s].rows_in(k, A, B, inside=(coarse_rows == "inside"))
-    return out
+    lo, hi = base.rows_in(k, A, B, inside=True)  # a period straddling A would count behaviour before it
+    return lo, hi, B
 
 
 @contextlib.contextmanager
@@ -322,37 +413,34 @@ def _inference(model: SMEN):
 
 def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray,
                  device: torch.device | str | None, last_months: int | None = None,
-                 history_end_ts: int | None = None, batch_size: int = 512,
-                 coarse_rows: str = "overlap") -> np.ndarray:
+                 history_end_ts: int | None = None, batch_size: int = 512) -> np.ndarray:
     """R^ of eq. (7) of every user, flattened: (n_users, M*H) float32, rows in ``user_ids`` order.
 
     The representation is R^, not the head output h(R^) (§2.2.3). Runs in eval mode under
     ``torch.inference_mode`` (the model's mode is restored afterwards), ``batch_size`` users
     at a time, so memory is bounded by one batch.
 
-    Window (Fig. 3 length ablation): by default each user's whole life. With ``last_months``
-    K, the periods overlapping the last K calendar months before ``history_end_ts`` (unix s;
-    None: the end of each user's own last period). Periods overlapping the window are kept:
-    for the year scale that is every year the window touches (the year rows were built from
-    whole years, so a 2-month window then also sees the rest of that year); with
-    ``coarse_rows="inside"`` only periods lying wholly inside the window are kept (a short
-    window then has no year rows). ``history_end_ts`` alone cuts the life at that time.
+    Window: the behaviours before ``history_end_ts`` (unix s; None: the end of the latest
+    period in ``boi``, i.e. the end of the data); with ``last_months`` K only those of the
+    last K calendar months before it (Fig. 3 length ablation, LURM(2M)). Built exactly as a
+    training view (:func:`collate_views`): the finest scale's rows inside the window, every
+    coarser scale summed from them (a 2-month window has a year row of those two months),
+    and a fixed-interval timeline that runs to the window end, so a user quiet for years
+    before the history end is encoded as such. Only ``boi[model.scales[0]]`` is read.
 
-    Users absent from ``boi`` or without periods in the window get the encoding of an
+    Users absent from ``boi`` or without behaviours in the window get the encoding of an
     empty sequence (r~ = 0 at every scale, hence R^ = 0).
     """
-    if coarse_rows not in ("overlap", "inside"):
-        raise ValueError(f"coarse_rows must be 'overlap' or 'inside', not {coarse_rows!r}")
     dev = runs.device(str(device) if device is not None else "auto")
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    timelines = {s: Timeline(boi[s]) for s in model.scales}
-    windows = _windows(timelines, model.scales, user_ids, last_months, history_end_ts, coarse_rows)
+    base = Timeline(boi[model.scales[0]])
+    lo, hi, end = _window(base, user_ids, last_months, history_end_ts)
     reps = np.zeros((len(user_ids), model.anchors * model.hidden), dtype=np.float32)
     with _inference(model):
         for start in range(0, len(user_ids), batch_size):
             part = slice(start, start + batch_size)
-            batch = {s: collate_rows(boi[s], *row_ranges(lo[part], hi[part])).to(dev)
-                     for s, (lo, hi) in windows.items()}
+            rows, n_rows = row_ranges(lo[part], hi[part])
+            batch = {s: x.to(dev) for s, x in collate_views(base.seqs, rows, n_rows, end[part], model.scales).items()}
             reps[part] = model(batch).flatten(1).float().cpu().numpy()  # (b, M*H)
     return reps
 

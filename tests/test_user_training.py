@@ -84,31 +84,64 @@ def _rows_of(timeline: Timeline, k: int, A: int, B: int, inside: bool = False) -
     return sum(timeline.start_ts[r] < B and timeline.end_ts[r] > A for r in rows)
 
 
-def test_views_are_spans_of_one_user_with_the_years_they_touch(boi):
+def dense_views(x, D: int) -> list[np.ndarray]:
+    """The timelines of a ScaleBatch as dense (N, D) arrays, one per view (empty periods 0)."""
+    b = np.zeros((x.n_rows, D), dtype=np.float32)
+    b[x.nz_row.numpy(), x.interests.numpy()[x.nz_col.numpy()]] = x.nz_value.numpy()
+    views = [np.zeros((int(n), D), dtype=np.float32) for n in x.lengths]
+    for row, (user, step) in enumerate(zip(x.row_user.tolist(), x.row_step.tolist())):
+        views[user][step] = b[row]
+    return views
+
+
+def expected_timeline(events, user: int, A: int, B: int, unit: str) -> np.ndarray:
+    """Eq. (4) per period of the events of ``user`` in [A, B), on a fixed-interval timeline
+    from the first non-empty period to the period of B - 1 (the straightforward way)."""
+    e = events[(events.user == user) & (events.t >= A) & (events.t < B)]
+    if e.empty:
+        return np.zeros((0, 40), dtype=np.float32)
+    period = e.t.to_numpy().astype("datetime64[s]").astype(f"datetime64[{unit}]").astype(np.int64)
+    last = np.int64(B - 1).astype("datetime64[s]").astype(f"datetime64[{unit}]").astype(np.int64)
+    out = np.zeros((last - period.min() + 1, 40), dtype=np.float32)
+    np.add.at(out, (period - period.min(), e.interest.to_numpy()), 1.0)
+    return np.log1p(out)
+
+
+def test_every_scale_of_a_view_counts_only_behaviours_inside_its_span(events, boi):
+    """§2.2.4: a view's month and year rows come from its own span only (no year row counted
+    from behaviours outside it), on fixed-interval timelines that run to the span's end."""
     config = dataclasses.replace(TRAIN_TINY, period_dropout=0.0)
     sampler = PairSampler(boi, ("month", "year"), config)
-    k = sampler.users
-    A, B = sampler.spans(np.concatenate([k, k]), np.random.default_rng(1))
+    k = sampler.users[:40]
+    both = np.concatenate([k, k])
+    A, B = sampler.spans(both, np.random.default_rng(1))
     batch = sampler.sample(k, np.random.default_rng(1))  # draws the same spans first
-    months = (B - A) / (30.44 * 86_400)
-    assert (months <= config.max_periods + 0.5).all()
-    for scale in ("month", "year"):
-        timeline, index = sampler.timelines[scale], sampler.index[scale][np.concatenate([k, k])]
-        expected = [_rows_of(timeline, index[v], A[v], B[v]) for v in range(len(A))]
-        assert batch[scale].lengths.tolist() == expected
-        assert (batch[scale].lengths >= 1).all()  # a view is never empty
+    assert ((B - A) / (30.44 * 86_400) <= config.max_periods + 0.5).all()
+    users = boi["month"].user_ids[both]
+    for scale, unit in (("month", "M"), ("year", "Y")):
+        views = dense_views(batch[scale], 40)
+        for v in range(len(both)):
+            np.testing.assert_allclose(views[v], expected_timeline(events, users[v], A[v], B[v], unit),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{scale} view {v}")
+    assert (batch["month"].lengths >= 1).all()  # a view is never empty
+    # two views of one user share no year row built from the same out-of-span behaviours:
+    # a year row equals the whole-year row only when the span covers all that year's months
+    assert any(not np.allclose(dense_views(batch["year"], 40)[v][-1], 0) for v in range(len(both)))
 
 
-def test_short_lives_still_yield_pairs(boi):
+def test_spans_start_at_a_behaviour_and_may_run_into_the_quiet_tail(boi):
     sampler = PairSampler(boi, ("month", "year"), dataclasses.replace(TRAIN_TINY, period_dropout=0.0))
-    k = sampler.timelines["month"].user_index(np.array([7001, 7003]))
-    A, B = sampler.spans(np.concatenate([k, k]), np.random.default_rng(0))
-    # one period: both views are that month; three months < min_subseq_periods: the whole life
-    assert A.tolist() == [ts("2012-05-01"), ts("2014-01-01")] * 2
-    assert B.tolist() == [ts("2012-06-01"), ts("2014-04-01")] * 2
+    k = sampler.base.user_index(np.array([7001, 7003]))
+    A, B = sampler.spans(np.tile(k, 50), np.random.default_rng(0))
+    # 7001 has one behaviour (2012-05): every view starts at that month and lasts 4..24 months,
+    # past the behaviour into the quiet months that follow, as the whole-life encoding does
+    assert set(A[::2].tolist()) == {ts("2012-05-01")}
+    months = np.round((B - A) / (30.44 * 86_400))
+    assert months.min() >= 4 and months.max() <= 24 and len(set(months[::2].tolist())) > 5
+    assert set(A[1::2].tolist()) <= {ts("2014-01-01"), ts("2014-02-01"), ts("2014-03-01")}
     batch = PairSampler(boi, ("month", "year"), dataclasses.replace(TRAIN_TINY, period_dropout=0.9)).sample(
         k, np.random.default_rng(0))
-    assert (batch["month"].lengths >= 1).all() and (batch["year"].lengths == 1).all()  # one period always kept
+    assert (batch["month"].n_rows >= 4)  # one period of each view always kept
 
 
 def test_loss_falls_and_history_has_steps_and_epoch_means(boi, trained):
@@ -160,31 +193,36 @@ def test_encoding_is_deterministic_follows_user_ids_and_zero_for_absent_users(bo
 
 
 def test_last_months_window_equals_encoding_the_cut_history(events, boi, trained):
+    """Fig. 3 / LURM(2M): a window's every scale comes from the window's behaviours alone."""
     model, _ = trained
     end, months = ts("2014-03-15"), 5  # window [2013-11-01, 2014-03-15)
     ids = np.array([3, 7003, 7001, 50])  # 7001: no behaviour in the window
-
-    def cut_boi(month_start, month_end, year_start, year_end):
-        """BoI rebuilt from the events of [month_start, month_end) and [year_start, year_end)."""
-        m = events[(events.t >= ts(month_start)) & (events.t < ts(month_end))]
-        y = events[(events.t >= ts(year_start)) & (events.t < ts(year_end))]
-        return {"month": boi_from_events(m.user.to_numpy(), m.interest.to_numpy(), m.t.to_numpy(), 40)["month"],
-                "year": boi_from_events(y.user.to_numpy(), y.interest.to_numpy(), y.t.to_numpy(), 40)["year"]}
-
-    # "overlap": every period the window touches, whole: months 2013-11..2014-03, years 2013-2014
+    cut = events[(events.t >= ts("2013-11-01")) & (events.t < end)]
+    cut_boi = boi_from_events(cut.user.to_numpy(), cut.interest.to_numpy(), cut.t.to_numpy(), 40)
     reps = encode_users(model, boi, ids, "cpu", last_months=months, history_end_ts=end)
-    expected = encode_users(model, cut_boi("2013-11-01", "2014-04-01", "2013-01-01", "2015-01-01"), ids, "cpu")
-    np.testing.assert_allclose(reps, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reps, encode_users(model, cut_boi, ids, "cpu", history_end_ts=end),
+                               rtol=1e-5, atol=1e-6)
     assert not reps[2].any()
-    # "inside": months 2013-11..2014-02 and no year (none lies inside the window)
-    inside = encode_users(model, boi, ids, "cpu", last_months=months, history_end_ts=end, coarse_rows="inside")
-    expected = encode_users(model, cut_boi("2013-11-01", "2014-03-01", "2000-01-01", "2000-01-01"), ids, "cpu")
-    np.testing.assert_allclose(inside, expected, rtol=1e-5, atol=1e-6)
-    # no history_end_ts: each user's own last K months (7002: 2015-07 only, not 2010-03)
-    own = encode_users(model, boi, np.array([7002]), "cpu", last_months=3)
-    np.testing.assert_array_equal(own, encode_users(model, boi, np.array([7002]), "cpu", last_months=3,
-                                                    history_end_ts=ts("2015-08-01")))
-    assert not np.allclose(own, encode_users(model, boi, np.array([7002]), "cpu"))
+    # the precomputed year rows are never read: only the finest scale feeds every scale
+    month_only = {"month": boi["month"]}
+    np.testing.assert_allclose(encode_users(model, month_only, ids, "cpu"), encode_users(model, boi, ids, "cpu"),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_representation_knows_how_long_ago_the_behaviours_were(events, trained):
+    """§2.2: fixed-interval timelines. The same behaviours further back before the history end
+    give another R^; moving the behaviours and the end together gives the same R^."""
+    model, _ = trained
+    user = events[events.user == 3]
+    four_years = 1461 * 86_400  # between 1901 and 2099, +1461 days keeps every calendar date
+
+    def encode(shift: int, end: str) -> np.ndarray:
+        b = boi_from_events(user.user.to_numpy(), user.interest.to_numpy(), user.t.to_numpy() + shift, 40)
+        return encode_users(model, b, np.array([3]), "cpu", history_end_ts=ts(end))
+
+    now = encode(0, "2017-01-01")
+    assert not np.allclose(now, encode(0, "2021-01-01"), atol=1e-4)  # four more quiet years
+    np.testing.assert_allclose(now, encode(four_years, "2021-01-01"), rtol=1e-5, atol=1e-6)  # all moved
 
 
 def test_anchor_outputs_average_the_multi_anchor_outputs_over_periods(boi, trained):
