@@ -38,10 +38,14 @@ popularity. So items bought within beta = 5 days by one user mostly share a topi
 is what the item-embedding stage (§2.1.1) learns from. Items within a topic are picked by
 a log-normal popularity.
 
-Tasks (dataset.json): ``age`` and ``baby_age`` (multiclass, profile rule) and four binary
-``future_<Category>`` tasks (any behaviour in the category in the label window
-2018-01-01..2018-10-31), which depend on long-term favourites and on recent short-term
-interests alike.
+Tasks (dataset.json): ``age`` and ``baby_age`` (multiclass, profile rule) and, for each of
+four categories, two binary tasks: ``future_<Category>`` (any behaviour in the category in
+the label window 2018-01-01..2018-10-31, over every user with history), which depends on
+long-term favourites and on recent short-term interests alike, and
+``future_<Category>_active``, the same label over the users active in the label window
+only (population ``active_in_label_window``). Users without a label-window behaviour
+(churned or quiet) are negatives of the first, so it can be answered partly from activity
+(did the user stop?); the second leaves them out and asks for preference alone.
 
 Scales: ``tiny`` (300 users, ~30k behaviours, 2k items; tests), ``default`` (5,000 users,
 ~1e6 behaviours, 20k items), ``paper`` (100,000 users, ~2e7 behaviours, 200k items,
@@ -424,7 +428,11 @@ def generate(out: str | Path, scale: str = "default", seed: int = 0, quiet: bool
         "age_group": np.array(AGE_GROUPS)[profile["age_group"].to_numpy()],
         "baby_age": pd.Series(np.where(baby >= 0, np.array(BABY_AGES)[np.maximum(baby, 0)], None), dtype="str"),
     })
-    tasks = [{"name": f"future_{c}", "kind": "binary", "rule": {"future_category": c}} for c in FUTURE_TASK_CATEGORIES]
+    tasks = [task for c in FUTURE_TASK_CATEGORIES for task in (
+        {"name": f"future_{c}", "kind": "binary", "rule": {"future_category": c}},
+        {"name": f"future_{c}_active", "kind": "binary",
+         "rule": {"future_category": c, "population": "active_in_label_window"}},
+    )]
     tasks += [
         {"name": "age", "kind": "multiclass", "rule": {"profile": "age_group"}},
         {"name": "baby_age", "kind": "multiclass", "rule": {"profile": "baby_age"}},

@@ -3,7 +3,8 @@
 - **Fig. 3, length ablation**: :func:`length_windows` picks the history lengths that fit a
   dataset's span (2 months ... 5 years, then the whole life); :func:`window_start_ts` is
   where a window of K months before the history end starts; :func:`boi_in_window` is the
-  model-free reference (raw b_T of eq. 4 restricted to the same window).
+  model-free reference (raw b_T of eq. 4 restricted to the same window) and
+  :func:`rfm_in_window` the activity-only one (recency, frequency, tenure of that window).
 - **Evaluation**: :func:`evaluate_representation` runs the same split and probe as notebook
   05 (:func:`lurm_lite.downstream.evaluate`); :func:`metrics_frame` turns
   ``{setting: {task: metrics}}`` into the long table :func:`lurm_lite.plots.metric_vs_setting`
@@ -95,6 +96,20 @@ def boi_in_window(history: pd.DataFrame, item_interest: np.ndarray | sp.spmatrix
     """
     part = history if start_ts is None else history[history["ts"].to_numpy() >= start_ts]
     return baselines.boi_features(part, item_interest, n_interests, np.asarray(user_ids))
+
+
+def rfm_in_window(history: pd.DataFrame, user_ids: np.ndarray, history_end_ts: int,
+                  start_ts: int | None) -> np.ndarray:
+    """Activity-only reference of Fig. 3: RFM of the behaviours with ts >= ``start_ts``: (n_users, 3).
+
+    Recency, log(1 + frequency) and tenure in months before ``history_end_ts``
+    (:func:`lurm_lite.baselines.rfm_features`) of the window's behaviours only, so tenure
+    is at most the window's length; None keeps the whole life (the RFM row of notebook 05).
+    A user without behaviours in the window gets frequency 0 and recency = tenure = the
+    largest tenure in the window.
+    """
+    part = history if start_ts is None else history[history["ts"].to_numpy() >= start_ts]
+    return baselines.rfm_features(part, np.asarray(user_ids), history_end_ts)
 
 
 # ---------------------------------------------------------------------------------------

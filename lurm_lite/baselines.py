@@ -2,12 +2,15 @@
 
 Every function gives one vector per user from the behaviours it is handed (the history
 window, ``Dataset.history()``), with rows in the order of the ``user_ids`` it is given; a
-user without behaviours there gets a zero row.
+user without behaviours there gets a zero row (except RFM, see :func:`rfm_features`).
 
 - TF-IDF and Doc2Vec (§3.3) "view the whole user behavior sequence as a document": the
   titles of all the user's behaviours, concatenated in time order.
 - BoI (Table 5, first row): the raw whole-life Bag-of-Interests b_T of eq. (4), the
   D-dimensional sparse input that SMEN compresses.
+- RFM (not in the paper): the classic recency / frequency / tenure summary of user
+  modelling, three numbers per user that measure how active a user is and say nothing of
+  what they like: the floor any preference representation has to beat.
 - MeanItemEmb: the mean of the item embeddings (§2.1.1) of the user's behaviours, a simple
   dense summary of the same item space LURM builds on.
 - LURM(2M) (§3.2): the trained SMEN fed only the last two months before the history end,
@@ -26,6 +29,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from lurm_lite.boi import BoISequences, whole_life_boi
 from lurm_lite.smen import SMEN
 from lurm_lite.user_training import encode_users
+
+# Length of one month in seconds for RFM: the mean Gregorian month, 365.25 / 12 days.
+MONTH_SECONDS = 30.4375 * 86_400
 
 # gensim's training routines silently drop the words of a document after the first 10000;
 # longer documents are fed as several pieces that share the user's tag.
@@ -127,6 +133,39 @@ def boi_features(behaviors: pd.DataFrame, item_interest: np.ndarray | sp.spmatri
     return align_sparse_rows(b_T.matrix, b_T.user_ids, np.asarray(user_ids)).astype(np.float32)
 
 
+def rfm_features(behaviors: pd.DataFrame, user_ids: np.ndarray, history_end_ts: int) -> np.ndarray:
+    """Classic RFM of each user's history (not in the paper): (n_users, 3) float32.
+
+    Columns, with months of 30.4375 days (:data:`MONTH_SECONDS`):
+
+    - recency: months from the user's last behaviour to ``history_end_ts``;
+    - frequency: log(1 + number of the user's behaviours);
+    - tenure: months from the user's first behaviour to ``history_end_ts``.
+
+    It measures activity only (how recent, how much, how long), not preference: the
+    baseline that tells a task answered by activity from one that needs the user's
+    interests. A user without behaviours gets frequency 0 and recency = tenure = the
+    largest tenure among the given users (as if their last behaviour were as old as the
+    oldest seen; 0 when no given user has a behaviour). ``behaviors`` needs ``user_id`` and
+    ``ts``, in any order; one pandas group-by computes every user's first and last ``ts``
+    and count.
+    """
+    user_ids = np.asarray(user_ids)
+    rows = rows_of(user_ids, behaviors["user_id"].to_numpy())
+    kept = rows >= 0
+    per_user = pd.Series(behaviors["ts"].to_numpy()[kept]).groupby(rows[kept]).agg(["min", "max", "size"])
+    seen = per_user.index.to_numpy()  # rows of the users with behaviours
+    end = float(history_end_ts)
+    tenure = (end - per_user["min"].to_numpy(np.float64)) / MONTH_SECONDS  # (n_seen,)
+    recency = (end - per_user["max"].to_numpy(np.float64)) / MONTH_SECONDS  # (n_seen,)
+    features = np.zeros((len(user_ids), 3), dtype=np.float32)
+    features[:, [0, 2]] = tenure.max() if len(seen) else 0.0
+    features[seen, 0] = recency
+    features[seen, 1] = np.log1p(per_user["size"].to_numpy(np.float64))
+    features[seen, 2] = tenure
+    return features
+
+
 def mean_item_embedding(behaviors: pd.DataFrame, item_embeddings: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
     """Mean item embedding (§2.1.1 embeddings) of each user's behaviours: (n_users, H) float32.
 
@@ -146,10 +185,10 @@ def lurm_last_months(model: SMEN, boi: dict[str, BoISequences], user_ids: np.nda
                      device: torch.device | str | None, months: int = 2) -> np.ndarray:
     """LURM(2M) of §3.2: the frozen SMEN fed only the last ``months`` months: (n_users, M*H).
 
-    Only periods lying wholly inside [history_end - months, history_end) are kept
-    (``coarse_rows="inside"``): a year row would bring back up to a year of behaviours, so
-    with a 2-month window the year scale is empty and R^ comes from the month scale alone.
-    Users without a behaviour in the window get the encoding of an empty sequence.
+    Every scale is built from the behaviours of [history_end - months, history_end) only, as
+    in the paper (the BoI of the 2-month window itself): the month rows inside the window
+    and a year row summed from them, never the whole-year row (``encode_users``). Users
+    without a behaviour in the window get the encoding of an empty sequence.
     """
     return encode_users(model, boi, np.asarray(user_ids, dtype=np.int64), device, last_months=months,
-                        history_end_ts=history_end_ts, coarse_rows="inside")
+                        history_end_ts=history_end_ts)

@@ -33,8 +33,9 @@ from lurm_lite.runs import MissingPrerequisite, RunPaths
 from lurm_lite.smen import load_smen
 from lurm_lite.user_training import load_user_reps
 
-# Rows of the results table, in the paper's order: competitors first, LURM last.
-METHODS = ("TF-IDF", "Doc2Vec", "MeanItemEmb", "BoI", "LURM(2M)", "LURM")
+# Rows of the results table, in the paper's order: competitors first, LURM last. RFM (not in
+# the paper) is the activity-only floor: a task it answers well is about activity, not preference.
+METHODS = ("TF-IDF", "Doc2Vec", "RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM")
 
 
 @dataclass
@@ -58,6 +59,10 @@ def _tfidf(inputs: _Inputs) -> sp.csr_matrix:
 def _doc2vec(inputs: _Inputs) -> np.ndarray:
     return baselines.doc2vec_features(inputs.history, inputs.dataset.items, inputs.user_ids,
                                       inputs.config.doc2vec_dim, inputs.config.doc2vec_epochs, inputs.seed)
+
+
+def _rfm(inputs: _Inputs) -> np.ndarray:
+    return baselines.rfm_features(inputs.history, inputs.user_ids, inputs.dataset.history_end_ts)
 
 
 def _mean_item_embedding(inputs: _Inputs) -> np.ndarray:
@@ -95,7 +100,7 @@ def _lurm(inputs: _Inputs) -> np.ndarray:
 
 
 REPRESENTATIONS: dict[str, Callable[[_Inputs], downstream.Features]] = {
-    "TF-IDF": _tfidf, "Doc2Vec": _doc2vec, "MeanItemEmb": _mean_item_embedding, "BoI": _boi,
+    "TF-IDF": _tfidf, "Doc2Vec": _doc2vec, "RFM": _rfm, "MeanItemEmb": _mean_item_embedding, "BoI": _boi,
     "LURM(2M)": _lurm_2m, "LURM": _lurm,
 }
 
@@ -108,8 +113,8 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence
     Args:
         run_dir: the run folder (``RunPaths``): ``item_embeddings.npy`` (MeanItemEmb),
             ``item_interest.npy`` and ``centroids.npy`` (BoI), ``smen.pt`` and
-            ``boi_<scale>.npz`` (LURM(2M)), ``user_reps.npz`` (LURM). TF-IDF and Doc2Vec
-            need only the dataset.
+            ``boi_<scale>.npz`` (LURM(2M)), ``user_reps.npz`` (LURM). TF-IDF, Doc2Vec and
+            RFM need only the dataset.
         dataset_dir: the dataset contract folder.
         methods: names from :data:`METHODS` (None: all).
         config: probe and baseline settings (None: ``DownstreamConfig()``).

@@ -58,6 +58,18 @@ def test_boi_in_window_counts_only_the_behaviours_after_the_start():
     np.testing.assert_allclose(life, [[np.log(3), np.log(2)], [0, np.log(2)]], rtol=1e-6)
 
 
+def test_rfm_in_window_sees_only_the_behaviours_after_the_start():
+    history = pd.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [0, 1, 0, 1],
+                            "ts": [ts("2016-05-01"), ts("2017-12-01"), ts("2017-12-15"), ts("2015-01-01")]})
+    end, month = ts("2018-01-01"), 30.4375 * DAY
+    window = analysis.rfm_in_window(history, np.array([2, 1]), end, ts("2017-11-01"))
+    user_1 = [(end - ts("2017-12-15")) / month, np.log(3), (end - ts("2017-12-01")) / month]
+    np.testing.assert_allclose(window, [[user_1[2], 0, user_1[2]], user_1], rtol=1e-6)  # user 2: none in the window
+    life = analysis.rfm_in_window(history, np.array([1, 2]), end, None)
+    np.testing.assert_allclose(life[:, 2], [(end - ts("2016-05-01")) / month, (end - ts("2015-01-01")) / month],
+                               rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------

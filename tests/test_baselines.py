@@ -10,6 +10,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from data_prep.schema import date_to_ts
 from lurm_lite import baselines
+from lurm_lite.analysis import window_start_ts
 from lurm_lite.boi import build_boi
 from lurm_lite.smen import SMEN
 from lurm_lite.user_training import encode_users
@@ -58,6 +59,25 @@ def test_mean_item_embedding_averages_each_behaviour():
     np.testing.assert_allclose(X, [EMBEDDINGS[[0, 2, 1]].mean(0), np.zeros(3), EMBEDDINGS[4]])
 
 
+def test_rfm_is_recency_log_frequency_and_tenure_in_months():
+    X = baselines.rfm_features(history(), USERS, HISTORY_END)
+    month = 30.4375
+    assert X.shape == (3, 3) and X.dtype == np.float32
+    # user 7: last behaviour 10 days, first 300 days before the end, 3 behaviours
+    np.testing.assert_allclose(X[0], [10 / month, np.log(4), 300 / month], rtol=1e-6)
+    # user 3: one behaviour 400 days before the end
+    np.testing.assert_allclose(X[2], [400 / month, np.log(2), 400 / month], rtol=1e-6)
+    # user 5, no behaviour: frequency 0, recency = tenure = the largest tenure seen (user 3's)
+    np.testing.assert_allclose(X[1], [400 / month, 0, 400 / month], rtol=1e-6)
+
+
+def test_rfm_ignores_behaviour_order_and_users_not_asked_for():
+    shuffled = pd.concat([history().iloc[::-1], pd.DataFrame({"user_id": [99], "item_id": [0], "ts": [0]})])
+    np.testing.assert_array_equal(baselines.rfm_features(shuffled, USERS, HISTORY_END),
+                                  baselines.rfm_features(history(), USERS, HISTORY_END))
+    assert not baselines.rfm_features(history(), np.array([5, 6]), HISTORY_END).any()  # nobody with a behaviour
+
+
 def test_doc2vec_is_deterministic_and_zero_without_history():
     X = baselines.doc2vec_features(history(), ITEMS, USERS, dim=8, epochs=5, seed=0, min_count=1)
     assert X.shape == (3, 8) and X.dtype == np.float32
@@ -85,19 +105,26 @@ def small_smen_and_boi():
 def test_lurm_2m_sees_only_the_last_two_months():
     model, boi = small_smen_and_boi()
     X = baselines.lurm_last_months(model, boi, USERS, HISTORY_END, "cpu")
-    expected = encode_users(model, boi, USERS, "cpu", last_months=2, history_end_ts=HISTORY_END, coarse_rows="inside")
+    expected = encode_users(model, boi, USERS, "cpu", last_months=2, history_end_ts=HISTORY_END)
     np.testing.assert_array_equal(X, expected)
+    h = history()
+    recent = h[h["ts"] >= window_start_ts(HISTORY_END, 2)]  # the 2-month BoI itself, at every scale
+    recent_boi = build_boi(recent["user_id"].to_numpy(), recent["item_id"].to_numpy(), recent["ts"].to_numpy(),
+                           INTEREST, 3)
+    np.testing.assert_allclose(X, encode_users(model, recent_boi, USERS, "cpu", history_end_ts=HISTORY_END),
+                               rtol=1e-6, atol=1e-7)
     whole_life = encode_users(model, boi, USERS, "cpu")
     assert X[0].any() and not np.allclose(X[0], whole_life[0])  # user 7: only the recent apple pie counts
     assert not X[2].any() and whole_life[2].any()  # user 3's only behaviour is 400 days old
 
 
-@pytest.mark.parametrize("method", ["tfidf", "doc2vec", "boi", "mean", "lurm_2m"])
+@pytest.mark.parametrize("method", ["tfidf", "doc2vec", "rfm", "boi", "mean", "lurm_2m"])
 def test_rows_follow_the_order_of_the_given_user_ids(method):
     model, boi = small_smen_and_boi()
     build = {
         "tfidf": lambda users: baselines.tfidf_features(history(), ITEMS, users).toarray(),
         "doc2vec": lambda users: baselines.doc2vec_features(history(), ITEMS, users, 8, 5, 0, min_count=1),
+        "rfm": lambda users: baselines.rfm_features(history(), users, HISTORY_END),
         "boi": lambda users: baselines.boi_features(history(), INTEREST, 3, users).toarray(),
         "mean": lambda users: baselines.mean_item_embedding(history(), EMBEDDINGS, users),
         "lurm_2m": lambda users: baselines.lurm_last_months(model, boi, users, HISTORY_END, "cpu"),

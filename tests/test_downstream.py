@@ -280,15 +280,16 @@ def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(t
     config = for_scale("tiny").downstream
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = evaluate_run(run.root, tiny_dataset, ["MeanItemEmb", "BoI", "LURM(2M)", "LURM"], config,
+        results = evaluate_run(run.root, tiny_dataset, ["RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM"], config,
                                seed=0, device="cpu", progress=False)
     skipped = [str(w.message) for w in caught if "Skipping method" in str(w.message)]
     assert len(skipped) == 2 and "centroids.npy" in skipped[0] and "03_interests_boi" in skipped[0]
     assert "smen.pt" in skipped[1]
     assert set(results["tasks"]) == {t["name"] for t in dataset.tasks}
-    assert all(set(methods) == {"MeanItemEmb", "LURM"} for methods in results["tasks"].values())
+    assert all(set(methods) == {"RFM", "MeanItemEmb", "LURM"} for methods in results["tasks"].values())
     assert load_json(run.results) == results
-    assert run.results.with_suffix(".md").read_text().count("| MeanItemEmb |") == 1
+    rows = [line.split(" |")[0] for line in run.results.with_suffix(".md").read_text().splitlines()[4:]]
+    assert [row for row in rows if row in ("| RFM", "| MeanItemEmb", "| LURM")] == ["| RFM", "| MeanItemEmb", "| LURM"]
 
     main(["--run-dir", str(run.root), "--dataset", str(tiny_dataset), "--scale", "tiny", "--methods", "LURM",
           "--seed", "1"])

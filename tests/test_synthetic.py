@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.schema import load_dataset, validate
-from data_prep.synthetic import AGE_GROUPS, BABY_AGES, SCALES, generate
+from data_prep.schema import date_to_ts, load_dataset, task_labels, validate
+from data_prep.synthetic import AGE_GROUPS, BABY_AGES, FUTURE_TASK_CATEGORIES, SCALES, generate
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,33 @@ def test_tiny_shape_and_ranges(ds):
         if name.startswith("future_"):
             assert 0.15 <= stats["positive_rate"] <= 0.6, (name, stats)
     assert {t["name"] for t in ds.tasks} >= {"age", "baby_age"}
+
+
+def test_each_category_task_has_an_active_population_twin(ds):
+    names = [t["name"] for t in ds.tasks]
+    assert names == [f"future_{c}{suffix}" for c in FUTURE_TASK_CATEGORIES for suffix in ("", "_active")] + [
+        "age", "baby_age"]
+    for c in FUTURE_TASK_CATEGORIES:
+        rule = next(t["rule"] for t in ds.tasks if t["name"] == f"future_{c}_active")
+        assert rule == {"future_category": c, "population": "active_in_label_window"}
+
+
+def test_active_task_users_have_history_and_label_window_behaviour(ds, tiny_dataset):
+    """By hand from behaviors.parquet: the active population is history users who also act after history_end."""
+    behaviors = pd.read_parquet(tiny_dataset / "behaviors.parquet")
+    ts = behaviors["ts"].to_numpy()
+    in_history = (ts >= date_to_ts("2008-01-01")) & (ts < date_to_ts("2018-01-01"))
+    in_label = (ts >= date_to_ts("2018-01-01")) & (ts < date_to_ts("2018-11-01"))
+    history_users = set(behaviors["user_id"][in_history])
+    active = sorted(history_users & set(behaviors["user_id"][in_label]))
+    assert 0 < len(active) < len(history_users)  # churned or quiet users exist and are left out
+    for c in FUTURE_TASK_CATEGORIES:
+        all_users, y_all = task_labels(ds, next(t for t in ds.tasks if t["name"] == f"future_{c}"))
+        users, y = task_labels(ds, next(t for t in ds.tasks if t["name"] == f"future_{c}_active"))
+        assert users.tolist() == active and all_users.tolist() == sorted(history_users)
+        # same label, smaller population: every positive of the full task is active
+        np.testing.assert_array_equal(y, y_all[np.isin(all_users, users)])
+        assert y_all[~np.isin(all_users, users)].sum() == 0
 
 
 def test_ground_truth_consistent(ds, tiny_dataset):
