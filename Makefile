@@ -11,7 +11,7 @@ RUN_DIR ?= runs/demo
 SCALE  ?= default
 DEVICE ?= auto
 
-.PHONY: demo test lab venv bench readme clean-venv
+.PHONY: demo test lab venv bench quality readme clean-venv
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/boi.py --json benchmarks/results/boi.json
 	$(PY) benchmarks/smen.py --json benchmarks/results/smen.json
+
+# Downstream AUC over seeds 0 1 2 (chain 01-05 per seed, default scale: long on a CPU) and the
+# BoI-survival diagnostics; runs resume from runs/quality-default/. One seed: add --quick.
+quality: $(STAMP)
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/quality.py --json benchmarks/results/quality.json
 
 clean-venv:
 	rm -rf $(VENV)

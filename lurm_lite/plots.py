@@ -19,6 +19,9 @@ from lurm_lite.runs import atomic_path
 
 sns.set_theme(style="whitegrid", context="notebook")
 
+# Panels per row of :func:`metric_vs_setting`: even, so a task and its _active twin share a row.
+PANELS_PER_ROW = 4
+
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | Path, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically; returns the path."""
@@ -68,6 +71,22 @@ def loss_curve(losses: Sequence[float], title: str, smooth: int = 20) -> matplot
     return fig
 
 
+def learning_curve(losses: Sequence[float], curve: pd.DataFrame, title: str) -> matplotlib.figure.Figure:
+    """Loss per step (left) and the per-epoch probe metrics against the step (right).
+
+    ``curve`` is ``diagnostics.learning_curve_frame``: columns ``step``, ``metric``, ``value``.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
+    left.plot(np.asarray(losses, dtype=float), lw=1)
+    left.set(xlabel="step", ylabel="InfoNCE loss, eq. (3)", title=title)
+    for metric, part in curve.groupby("metric", sort=False):
+        right.plot(part["step"], part["value"], marker="o", label=metric)
+    right.set(xlabel="step", ylabel="probe AUC / top-1", title="Downstream probe after each epoch")
+    if len(curve):
+        right.legend()
+    return fig
+
+
 def cluster_sizes(sizes: np.ndarray) -> matplotlib.figure.Figure:
     """Histogram of items per interest (cluster), log scale."""
     sizes = np.asarray(sizes)
@@ -111,6 +130,8 @@ def results_bars(results: Mapping, metric: str = "auc") -> matplotlib.figure.Fig
                 ax.plot([x, x], [row.lo, row.hi], color="black", lw=1)
     low = np.nanmin(frame[metric]) if len(frame) else 0
     ax.set(ylim=(max(0, low - 10), 100), ylabel=f"{metric.upper()} (%)", title=f"Downstream {metric.upper()} per task")
+    ax.tick_params(axis="x", labelrotation=30)  # task names such as future_Books_active
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     return fig
 
@@ -119,10 +140,16 @@ def metric_vs_setting(frame: pd.DataFrame, setting: str, title: str) -> matplotl
     """Fig. 3 / Fig. 4 style: AUC lines and ACC bars per task against a setting.
 
     ``frame`` has columns ``task``, ``setting`` (ordered as given), ``auc``, ``acc`` (fractions).
+    One panel per task, :data:`PANELS_PER_ROW` to a row (a task and its ``_active`` twin
+    side by side).
     """
     tasks = list(dict.fromkeys(frame["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    n_cols = min(len(tasks), PANELS_PER_ROW)
+    n_rows = -(-len(tasks) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.4 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.ravel(), tasks):
         part = frame[frame["task"] == task]
         labels = [str(v) for v in part[setting]]
         x = np.arange(len(labels))
@@ -131,7 +158,8 @@ def metric_vs_setting(frame: pd.DataFrame, setting: str, title: str) -> matplotl
         ax.set_xticks(x, labels, rotation=45, ha="right")
         low = 100 * min(part["acc"].min(), part["auc"].min())
         ax.set(ylim=(max(0, low - 5), 100), title=task, xlabel=setting)
-    axes[0][0].set_ylabel("%")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("%")
     axes[0][0].legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()

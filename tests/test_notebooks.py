@@ -66,7 +66,7 @@ def _check_run(run: RunPaths, dataset: dict) -> dict:
     task_names = {t["name"] for t in dataset["tasks"]}
     assert set(results["tasks"]) == task_names
     for methods in results["tasks"].values():
-        assert {"LURM", "TF-IDF", "BoI"} <= set(methods)
+        assert {"LURM", "TF-IDF", "BoI", "RFM"} <= set(methods)
     return results
 
 
@@ -84,6 +84,13 @@ def test_whole_chain_on_tiny_synthetic(synthetic_run):
     dataset = load_json(run.dataset / "dataset.json")
     results = _check_run(run, dataset)
     assert results["dataset"] == dataset["name"]
+    assert "future_Books_active" in results["tasks"]
+    length = load_json(run.stage_json("06_length_ablation"))
+    assert set(length["rfm_reference"]["life"]) == set(results["tasks"])  # the activity-only reference
+    ablations = load_json(run.stage_json("08_ablations"))  # section 6: how much of BoI survives
+    assert {"LURM", "SMEN (untrained)"} <= set(ablations["boi_survival"]["r2"])
+    assert all(r2 <= 1 for r2 in ablations["boi_survival"]["r2"].values())
+    assert 0 <= ablations["view_retrieval_top1"]["LURM"] <= 1 and ablations["smen_loss_epoch"]
 
 
 @pytest.mark.notebook

@@ -1,0 +1,313 @@
+"""Diagnostics of a user representation: does it keep what BoI holds? (§2.2, §3.6 of the paper)
+
+The paper's central claim (abstract, §2.2.1 and Table 5 of §3.6) is that SMEN compresses
+the whole-life Bag-of-Interests b_T (eq. 4, D-dimensional) into R^ (M*H numbers, eq. 7)
+"almost losslessly". Downstream AUC (§3.5) tests that only through a few tasks; the
+helpers here measure it more directly, and give the yardsticks to read the number against:
+
+- :func:`boi_survival_r2`: how much of b_T can be read back from a representation, as the
+  held-out R^2 of a linear (ridge) map from the representation to the top SVD components
+  of b_T. 1: everything of b_T's main directions survives; 0: nothing (random noise).
+- :func:`random_projection_features`: the fixed, untrained Gaussian random projection of
+  the summed monthly b_t, a baseline encoder with no learning at all (Johnson-Lindenstrauss:
+  it keeps distances of b_T-like sums, so a learned encoder should beat it downstream).
+- :func:`view_retrieval_top1`: same-user retrieval between the two views of the
+  contrastive task of §2.2.4 (two continuous sub-sequences of one user's life): the
+  fraction of users whose x view's nearest y view (cosine of R^) is their own. It says how
+  well the pretext task is solved, independently of the loss value and the batch size.
+- :func:`epoch_probe`: a callback for ``train_smen(..., on_epoch_end=...)`` that records,
+  after every epoch, the downstream AUC of a few tasks (§3.2-3.4 probe) and the view
+  retrieval: learning curves against training steps.
+
+Shapes: n users, D interests, d representation size (M*H for SMEN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from sklearn.decomposition import TruncatedSVD
+from sklearn.linear_model import RidgeCV
+from sklearn.metrics import r2_score
+from sklearn.preprocessing import StandardScaler
+
+from lurm_lite import downstream, runs
+from lurm_lite.boi import BoISequences
+from lurm_lite.config import DownstreamConfig, UserTrainingConfig
+
+RIDGE_ALPHAS = np.logspace(-3, 3, 7)  # the ridge penalties RidgeCV chooses from
+RETRIEVAL_BATCH = 256  # users per forward pass of view_retrieval_top1
+
+# ---------------------------------------------------------------------------------------
+# How much of b_T survives in a representation
+# ---------------------------------------------------------------------------------------
+
+
+def user_split(n: int, seed: int, test_fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of n users: (train_idx, test_idx), both sorted, test ~ fraction * n."""
+    if n < 4:
+        raise ValueError(f"need at least 4 users for a train/test split, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = min(max(int(round(test_fraction * n)), 2), n - 2)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def boi_survival_r2(reps: np.ndarray, boi_T: sp.spmatrix, seed: int, n_components: int = 64,
+                    test_fraction: float = 0.3) -> float:
+    """Held-out R^2 of b_T's top SVD components predicted linearly from ``reps`` (Table 5's question).
+
+    Table 5 (§3.6) judges SMEN's "almost lossless dimensionality reduction" by downstream
+    AUC; this asks the question of the input directly:
+
+    1. users are split at random (``seed``) into train and test (``test_fraction``);
+    2. a TruncatedSVD with ``n_components`` (capped at D - 1 and n_train - 1) is fitted on
+       the training users' b_T (not centred, as TruncatedSVD on sparse input); its
+       components of every user are the targets Y (n, k);
+    3. the inputs ``reps`` are standardised with the training users' mean and std, and a
+       ridge map (``RidgeCV`` over alphas 1e-3 .. 1e3, leave-one-out choice) fitted on the
+       training users;
+    4. the result is sklearn's ``r2_score(Y_test, prediction, multioutput="variance_weighted")``:
+       1 - (sum of squared errors) / (sum of test variances) over all k components, so the
+       components that carry most of b_T weigh most.
+
+    Args:
+        reps: (n, d) representations, row k for user k (dense; a sparse matrix is densified).
+        boi_T: (n, D) whole-life BoI of the same users in the same order (CSR).
+
+    Returns:
+        R^2, at most 1; about 0 for a representation unrelated to b_T (can be slightly
+        negative on the held-out users).
+    """
+    X = reps.toarray() if sp.issparse(reps) else np.asarray(reps)
+    X = X.astype(np.float64).reshape(len(X), -1)  # (n, d)
+    B = sp.csr_matrix(boi_T, dtype=np.float64)  # (n, D)
+    if X.shape[0] != B.shape[0]:
+        raise ValueError(f"reps has {X.shape[0]} rows but boi_T has {B.shape[0]}: one row per user in both")
+    train, test = user_split(X.shape[0], seed, test_fraction)
+    k = max(1, min(int(n_components), B.shape[1] - 1, len(train) - 1))
+    svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed).fit(B[train])
+    Y_train, Y_test = svd.transform(B[train]), svd.transform(B[test])  # (n_train, k), (n_test, k)
+    scaler = StandardScaler().fit(X[train])
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(scaler.transform(X[train]), Y_train)
+    prediction = ridge.predict(scaler.transform(X[test]))  # (n_test, k)
+    return float(r2_score(Y_test, prediction, multioutput="variance_weighted"))
+
+
+# ---------------------------------------------------------------------------------------
+# A fixed random projection: the encoder that learns nothing
+# ---------------------------------------------------------------------------------------
+
+
+def summed_boi(boi_month: BoISequences, user_ids: np.ndarray) -> sp.csr_matrix:
+    """Sum of each user's b_t rows: (n, D) CSR float64 in ``user_ids`` order; absent users get a zero row."""
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    n_boi, n_rows = boi_month.n_users, boi_month.matrix.shape[0]
+    row_owner = np.repeat(np.arange(n_boi), np.diff(boi_month.user_ptr))  # (n_rows,)
+    owner = sp.csr_matrix((np.ones(n_rows), (row_owner, np.arange(n_rows))), shape=(n_boi, n_rows))
+    per_user = owner @ sp.csr_matrix(boi_month.matrix, dtype=np.float64)  # (n_boi, D)
+    pos = np.minimum(np.searchsorted(boi_month.user_ids, user_ids), max(n_boi - 1, 0))  # (n,)
+    found = (boi_month.user_ids[pos] == user_ids) if n_boi else np.zeros(len(user_ids), bool)
+    pick = sp.csr_matrix((np.ones(int(found.sum())), (np.flatnonzero(found), pos[found])),
+                         shape=(len(user_ids), n_boi))  # (n, n_boi) one 1 per present user
+    return sp.csr_matrix(pick @ per_user)  # (n, D)
+
+
+def random_projection_matrix(n_interests: int, dim: int, seed: int, chunk_rows: int = 8192
+                             ) -> Iterator[tuple[slice, np.ndarray]]:
+    """The rows of P (D, dim), P = ``default_rng(seed).standard_normal((D, dim))`` / sqrt(dim).
+
+    Yielded ``chunk_rows`` rows at a time as ``(row slice, block float64)``, so a D = 1e5
+    projection never sits in memory at once; the blocks are exactly the rows of the one-call
+    draw (the generator produces the same stream however it is chunked).
+    """
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(dim)
+    for start in range(0, n_interests, chunk_rows):
+        stop = min(start + chunk_rows, n_interests)
+        yield slice(start, stop), rng.standard_normal((stop - start, dim)) * scale
+
+
+def random_projection_features(boi_month: BoISequences, user_ids: np.ndarray, dim: int, seed: int,
+                               relu: bool = False) -> np.ndarray:
+    """A fixed (untrained) Gaussian random projection of the summed monthly BoI: (n, dim) float32.
+
+    x_u = sum_t b_t (eq. 4, the user's monthly rows), then z_u = x_u P with P (D, dim) of
+    i.i.d. N(0, 1/dim) entries drawn by ``np.random.default_rng(seed).standard_normal((D, dim))
+    / sqrt(dim)``. The 1/dim variance makes E||z_u||^2 = ||x_u||^2 (Johnson-Lindenstrauss):
+    distances and inner products of the sums are kept up to O(1/sqrt(dim)) relative error,
+    and nothing is learned. With ``relu`` the output is max(z, 0), a random-feature layer.
+    Users absent from ``boi_month`` (no history) get zeros. Rows follow ``user_ids``.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be positive, got {dim}")
+    X = summed_boi(boi_month, user_ids).tocsc()  # (n, D), column slices below
+    Z = np.zeros((X.shape[0], dim), dtype=np.float64)  # (n, dim)
+    for rows, block in random_projection_matrix(boi_month.n_interests, dim, seed):
+        part = X[:, rows]
+        if part.nnz:
+            Z += part @ block
+    if relu:
+        np.maximum(Z, 0.0, out=Z)
+    return Z.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Same-user view retrieval (the pretext task of §2.2.4)
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and ``torch.inference_mode`` inside the block; the former mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def view_retrieval_top1(model, boi: Mapping[str, BoISequences], user_ids: np.ndarray,
+                        train_config: UserTrainingConfig, seed: int, device: torch.device | str | None = "cpu",
+                        n_users: int = 1000) -> float:
+    """Top-1 accuracy of retrieving a user's second view from the first (§2.2.4's positives).
+
+    Among the trainable users of ``PairSampler`` (at least one period at the finest scale)
+    whose id is in ``user_ids``, up to ``n_users`` are drawn (seeded); for each, the
+    sampler of ``lurm_lite.user_training`` draws the two views x and y of the contrastive
+    task with ``train_config``. Both are encoded to R^ (eq. 7, flattened to M*H) in eval
+    mode, ``RETRIEVAL_BATCH`` users per forward pass; then every x view is compared by
+    cosine similarity with the y views of *all* drawn users (not only those of its batch),
+    and the result is the fraction whose nearest y view is the user's own. Chance is 1/n.
+
+    Only the sampler's interface is used (``PairSampler(boi, scales, config)``, ``.users``
+    positions in ``boi[scales[0]]``, ``.sample(positions, rng)`` -> 2B views, x then y), so
+    the views are exactly the training views, however the sampler builds them. The caller
+    chooses the users (held-out ones, for a model trained on the others). ``model`` must be
+    on ``device`` already. One
+    ``np.random.default_rng(seed)`` draws users and views: no global RNG is touched.
+    """
+    from lurm_lite.user_training import PairSampler  # the trainer's sampler: the training views
+
+    dev = runs.device(str(device) if device is not None else "auto")
+    sampler = PairSampler(dict(boi), model.scales, train_config)
+    base = boi[model.scales[0]]
+    positions = np.asarray(sampler.users, dtype=np.int64)
+    positions = positions[np.isin(base.user_ids[positions], np.asarray(user_ids, dtype=np.int64))]
+    rng = np.random.default_rng(seed)
+    if len(positions) > n_users:
+        positions = np.sort(rng.choice(positions, size=n_users, replace=False))
+    if len(positions) < 2:
+        raise ValueError(f"view retrieval needs at least two trainable users; found {len(positions)}")
+    xs, ys = [], []
+    with _inference(model):
+        for start in range(0, len(positions), RETRIEVAL_BATCH):
+            k = positions[start:start + RETRIEVAL_BATCH]  # (B,)
+            batch = {s: x.to(dev) for s, x in sampler.sample(k, rng).items()}  # 2B views
+            R = model(batch).flatten(1).float()  # (2B, M*H)
+            R = torch.nn.functional.normalize(R, dim=1)
+            xs.append(R[:len(k)].cpu())
+            ys.append(R[len(k):].cpu())
+    X, Y = torch.cat(xs), torch.cat(ys)  # (n, M*H) each, unit norm
+    hits = 0
+    for start in range(0, len(X), 1024):  # (chunk, n) similarities at a time
+        best = (X[start:start + 1024] @ Y.T).argmax(dim=1)
+        hits += int((best == torch.arange(start, start + len(best))).sum())
+    return hits / len(X)
+
+
+# ---------------------------------------------------------------------------------------
+# Learning curves: a probe after every epoch of train_smen
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _global_rngs_kept() -> Iterator[None]:
+    """Restore Python's, numpy's and torch's (CPU and CUDA) global RNG states after the block."""
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def epoch_probe(boi: Mapping[str, BoISequences], user_ids: np.ndarray, dataset, downstream_config: DownstreamConfig,
+                tasks: Sequence[str], seed: int, device: torch.device | str | None = "cpu",
+                retrieval_users: np.ndarray | None = None, train_config: UserTrainingConfig | None = None,
+                retrieval_n_users: int = 1000) -> Callable[[int, Any], dict]:
+    """A ``train_smen(..., on_epoch_end=...)`` callback: downstream AUC (and retrieval) per epoch.
+
+    After each epoch the callback encodes ``user_ids`` with the current model
+    (``encode_users``, R^ over the whole life, on ``device``: the training device) and runs the §3.2-3.4 probe
+    (``downstream.evaluate``, on the CPU, split and probe seeded by ``seed``, the same every
+    epoch so the curve follows the representation only) on the named ``tasks`` of
+    ``dataset``; keep it to one or two tasks, it runs every epoch. The probe's bootstrap is
+    cut to one resample: only the AUC is reported. With ``retrieval_users`` (and
+    ``train_config``, the sampler's settings) it adds :func:`view_retrieval_top1` on up to
+    ``retrieval_n_users`` of them: pass users held out of training to measure generalisation.
+
+    The labels are computed once, here. Every random draw is seeded explicitly, and the
+    global Python, numpy and torch RNG states are restored after each call, so a training
+    run with the probe follows the same path as one without, and a resumed run matches an
+    uninterrupted one.
+
+    Returns ``callback(epoch, model) -> {"auc": {task: auc}, "retrieval_top1": float (if asked),
+    "probe_seconds": float}``; ``train_smen`` stores it in ``history["eval"]`` with the epoch
+    and step (see :func:`learning_curve_frame`).
+    """
+    from lurm_lite.user_training import encode_users
+
+    if retrieval_users is not None and train_config is None:
+        raise ValueError("retrieval_users needs train_config (the sampler's settings of the views)")
+    by_name = {task["name"]: task for task in dataset.tasks}
+    unknown = [t for t in tasks if t not in by_name]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; the dataset has {sorted(by_name)}")
+    labels = {t: downstream.task_labels(dataset, by_name[t]) for t in tasks}
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    config = dataclasses.replace(downstream_config, bootstrap=1)
+    boi = dict(boi)
+
+    def callback(epoch: int, model) -> dict:
+        start = time.perf_counter()
+        with _global_rngs_kept():
+            reps = encode_users(model, boi, user_ids, device)  # (n, M*H)
+            metrics = downstream.evaluate(reps, user_ids, dataset, config, seed, device="cpu", labels=labels)
+            out: dict[str, Any] = {"auc": {t: float(m["auc"]) for t, m in metrics.items()}}
+            if retrieval_users is not None:
+                out["retrieval_top1"] = view_retrieval_top1(model, boi, retrieval_users, train_config, seed,
+                                                            device, retrieval_n_users)
+        out["probe_seconds"] = round(time.perf_counter() - start, 2)
+        return out
+
+    return callback
+
+
+def learning_curve_frame(history: Mapping[str, Any]) -> pd.DataFrame:
+    """``history["eval"]`` of ``train_smen`` with :func:`epoch_probe` -> one row per (epoch, metric).
+
+    Columns ``epoch``, ``step``, ``metric`` (``auc <task>`` or ``retrieval_top1``), ``value``;
+    empty when there is no evaluation.
+    """
+    rows = []
+    for entry in history.get("eval", []):
+        for task, auc in entry.get("auc", {}).items():
+            rows.append({"epoch": entry["epoch"], "step": entry["step"], "metric": f"auc {task}", "value": auc})
+        if "retrieval_top1" in entry:
+            rows.append({"epoch": entry["epoch"], "step": entry["step"], "metric": "retrieval_top1",
+                         "value": entry["retrieval_top1"]})
+    return pd.DataFrame(rows, columns=["epoch", "step", "metric", "value"])
