@@ -197,7 +197,8 @@ def variant_training_config(train_config: UserTrainingConfig, scales: Sequence[s
     changes: dict[str, Any] = {}
     if factor != 1:
         changes["min_subseq_periods"] = max(1, int(round(train_config.min_subseq_periods / factor)))
-        changes["max_periods"] = max(1, int(round(train_config.max_periods / factor)))
+        if train_config.max_periods is not None:  # None: no cap, at any scale
+            changes["max_periods"] = max(1, int(round(train_config.max_periods / factor)))
     if epochs is not None:
         changes["epochs"] = int(epochs)
     return dataclasses.replace(train_config, **changes)

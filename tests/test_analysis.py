@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,6 +107,8 @@ def test_variant_training_config_keeps_spans_in_time_for_a_year_only_model():
     assert (year.min_subseq_periods, year.max_periods, year.epochs) == (1, 10, 2)
     month = analysis.variant_training_config(base, ("month", "year"))
     assert month == base
+    uncapped = analysis.variant_training_config(dataclasses.replace(base, max_periods=None), ("year",))
+    assert (uncapped.min_subseq_periods, uncapped.max_periods) == (1, None)  # the default scale's spans
 
 
 def _toy_boi(n_users=24, D=12, seed=0):
