@@ -425,8 +425,10 @@ def alpha_concentration(alpha: np.ndarray, weight: np.ndarray | None = None) -> 
 # ---------------------------------------------------------------------------------------
 
 ANALYSIS_DEFAULTS: dict[str, dict[str, Any]] = {
-    # tiny: seconds per notebook (tests); default: `make demo` on 2 CPU cores, 06-08 in
-    # about 12 minutes together; paper: the paper's sweeps, for a GPU.
+    # tiny: seconds per notebook (tests); default: `make demo` on 2 CPU cores (06-08 took about
+    # 12 minutes together with the SMEN before the §2.2 fixes; whole-life fixed-interval
+    # timelines now cost ~75 s per epoch of a month + year SMEN, so 08's variants take several
+    # times longer); paper: the paper's sweeps, for a GPU.
     "tiny": {"lengths_months": (2, 12, 36), "ablation_epochs": 1,
              "d_sweep": (25, 50), "tsne_users": 100},
     "default": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 4,
