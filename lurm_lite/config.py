@@ -144,7 +144,7 @@ def for_scale(scale: str) -> LURMConfig:
         config.item = dataclasses.replace(config.item, dim=32, batch_size=128, epochs=1, pairs_per_epoch=4_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=50, niter=10, sample_size=20_000)
         config.smen = dataclasses.replace(config.smen, hidden=16, anchors=4)
-        config.user_training = dataclasses.replace(config.user_training, batch_size=64, epochs=4, max_periods=24)
+        config.user_training = dataclasses.replace(config.user_training, batch_size=64, epochs=4)
         config.downstream = dataclasses.replace(config.downstream, max_epochs=30, patience=5, bootstrap=100,
                                                 doc2vec_dim=32, doc2vec_epochs=5)
     elif scale == "default":
