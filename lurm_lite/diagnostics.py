@@ -42,6 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from lurm_lite import downstream, runs
 from lurm_lite.boi import BoISequences
 from lurm_lite.config import DownstreamConfig, UserTrainingConfig
+from lurm_lite.user_training import PairSampler, encode_users, inference  # the trainer's views and encoder
 
 RIDGE_ALPHAS = np.logspace(-3, 3, 7)  # the ridge penalties RidgeCV chooses from
 RETRIEVAL_BATCH = 256  # users per forward pass of view_retrieval_top1
@@ -164,18 +165,6 @@ def random_projection_features(boi_month: BoISequences, user_ids: np.ndarray, di
 # ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _inference(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and ``torch.inference_mode`` inside the block; the former mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def view_retrieval_top1(model, boi: Mapping[str, BoISequences], user_ids: np.ndarray,
                         train_config: UserTrainingConfig, seed: int, device: torch.device | str | None = "cpu",
                         n_users: int = 1000) -> float:
@@ -196,7 +185,6 @@ def view_retrieval_top1(model, boi: Mapping[str, BoISequences], user_ids: np.nda
     on ``device`` already. One
     ``np.random.default_rng(seed)`` draws users and views: no global RNG is touched.
     """
-    from lurm_lite.user_training import PairSampler  # the trainer's sampler: the training views
 
     dev = runs.device(str(device) if device is not None else "auto")
     sampler = PairSampler(dict(boi), model.scales, train_config)
@@ -209,7 +197,7 @@ def view_retrieval_top1(model, boi: Mapping[str, BoISequences], user_ids: np.nda
     if len(positions) < 2:
         raise ValueError(f"view retrieval needs at least two trainable users; found {len(positions)}")
     xs, ys = [], []
-    with _inference(model):
+    with inference(model):
         for start in range(0, len(positions), RETRIEVAL_BATCH):
             k = positions[start:start + RETRIEVAL_BATCH]  # (B,)
             batch = {s: x.to(dev) for s, x in sampler.sample(k, rng).items()}  # 2B views
@@ -269,7 +257,6 @@ def epoch_probe(boi: Mapping[str, BoISequences], user_ids: np.ndarray, dataset, 
     "probe_seconds": float}``; ``train_smen`` stores it in ``history["eval"]`` with the epoch
     and step (see :func:`learning_curve_frame`).
     """
-    from lurm_lite.user_training import encode_users
 
     if retrieval_users is not None and train_config is None:
         raise ValueError("retrieval_users needs train_config (the sampler's settings of the views)")

@@ -400,7 +400,7 @@ def _window(base: Timeline, user_ids: np.ndarray, last_months: int | None, histo
 
 
 @contextlib.contextmanager
-def _inference(model: SMEN):
+def inference(model: torch.nn.Module):
     """Eval mode and no autograd for the duration; the model's former mode is restored."""
     was_training = model.training
     model.eval()
@@ -436,7 +436,7 @@ def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray
     base = Timeline(boi[model.scales[0]])
     lo, hi, end = _window(base, user_ids, last_months, history_end_ts)
     reps = np.zeros((len(user_ids), model.anchors * model.hidden), dtype=np.float32)
-    with _inference(model):
+    with inference(model):
         for start in range(0, len(user_ids), batch_size):
             part = slice(start, start + batch_size)
             rows, n_rows = row_ranges(lo[part], hi[part])
@@ -459,7 +459,7 @@ def anchor_outputs(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarr
     timeline = Timeline(seqs)
     lo, hi = timeline.whole_life(timeline.user_index(user_ids))
     out = np.zeros((len(user_ids), model.anchors, model.hidden), dtype=np.float32)
-    with _inference(model):
+    with inference(model):
         for start in range(0, len(user_ids), batch_size):
             part = slice(start, start + batch_size)
             x = collate_rows(seqs, *row_ranges(lo[part], hi[part])).to(dev)
