@@ -15,6 +15,9 @@ helpers here measure it more directly, and give the yardsticks to read the numbe
   contrastive task of §2.2.4 (two continuous sub-sequences of one user's life): the
   fraction of users whose x view's nearest y view (cosine of R^) is their own. It says how
   well the pretext task is solved, independently of the loss value and the batch size.
+- :func:`signal_by_stage`: where a label's signal goes inside SMEN: a linear probe on
+  b_T and on each stage's output (per-period multi-anchor r of eq. 5 averaged over time,
+  GRU states r~ of §2.2.2, R^ of eq. 7), for trained and untrained weights.
 - :func:`epoch_probe`: a callback for ``train_smen(..., on_epoch_end=...)`` that records,
   after every epoch, the downstream AUC of a few tasks (§3.2-3.4 probe) and the view
   retrieval: learning curves against training steps.
@@ -35,17 +38,21 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from sklearn.decomposition import TruncatedSVD
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.preprocessing import StandardScaler
 
 from lurm_lite import downstream, runs
 from lurm_lite.boi import BoISequences
 from lurm_lite.config import DownstreamConfig, UserTrainingConfig
-from lurm_lite.user_training import PairSampler, encode_users, inference  # the trainer's views and encoder
+from lurm_lite.user_training import PairSampler, encode_stages, encode_users, inference  # the trainer's views and encoder
 
 RIDGE_ALPHAS = np.logspace(-3, 3, 7)  # the ridge penalties RidgeCV chooses from
 RETRIEVAL_BATCH = 256  # users per forward pass of view_retrieval_top1
+# Inverse L2 penalty of linear_probe_auc. Chosen on synthetic default (seed 0, age) from
+# 0.003 .. 1: every representation (b_T, R^, each SMEN stage) peaked at 0.003-0.01, and the
+# ranking of the representations was the same at every value tried.
+LINEAR_PROBE_C = 0.01
 
 # ---------------------------------------------------------------------------------------
 # How much of b_T survives in a representation
@@ -158,6 +165,80 @@ def random_projection_features(boi_month: BoISequences, user_ids: np.ndarray, di
     if relu:
         np.maximum(Z, 0.0, out=Z)
     return Z.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Where the signal goes: a linear probe on each stage of SMEN
+# ---------------------------------------------------------------------------------------
+
+
+def linear_probe_auc(X, y: np.ndarray, seed: int, test_fraction: float = 0.2) -> float:
+    """Test AUC of a linear probe: how much of the label ``y`` a representation holds linearly.
+
+    The split of §3.2 (``downstream.split_indices(y, seed, test_fraction)``, the same test
+    users as the MLP probe of notebook 05); inputs standardised on the training users (a
+    sparse X is only scaled, not centred, so it stays sparse; the intercept absorbs the
+    mean); an L2 logistic regression (``LINEAR_PROBE_C``, multinomial for K > 2 classes);
+    AUC as in Tables 2-5 (``downstream.classification_metrics``: macro one-vs-rest for K > 2).
+
+    Unlike the MLP probe it has no early stopping and no seed-dependent initialisation, so
+    two representations of the same users compare without probe noise; and since every
+    stage of SMEN after eq. (5) is a smooth map of the one before, a linear read-out is the
+    stricter test of what a stage has kept in an accessible form.
+
+    Args:
+        X: (n, d) dense or sparse, row k for the k-th label of ``y``.
+        y: (n,) int labels 0..K-1.
+    """
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    if X.shape[0] != len(y):
+        raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels")
+    train, test = downstream.split_indices(y, seed, test_fraction)
+    scaler = StandardScaler(with_mean=not sp.issparse(X)).fit(X[train])
+    probe = LogisticRegression(C=LINEAR_PROBE_C, max_iter=2000).fit(scaler.transform(X[train]), y[train])
+    proba = probe.predict_proba(scaler.transform(X[test]))  # (n_test, K)
+    return downstream.classification_metrics(y[test], proba)["auc"]
+
+
+def signal_by_stage(models: Mapping[str, Any], boi: Mapping[str, BoISequences], user_ids: np.ndarray,
+                    boi_T: sp.spmatrix, labels: Mapping[str, tuple[np.ndarray, np.ndarray]], seed: int,
+                    device: torch.device | str | None = "cpu") -> pd.DataFrame:
+    """Linear-probe AUC of each task on b_T and on every stage of each SMEN (§2.2.1-2.2.3).
+
+    The paper calls SMEN "almost lossless" (Table 5); when R^ scores under b_T this says
+    at which stage the signal went: the stage outputs of :func:`encode_stages` (the
+    per-period multi-anchor r of eq. 5 averaged over periods, the GRU states r~, R^ of
+    eq. 7) over each user's whole history, each read by :func:`linear_probe_auc` with the
+    same split. Pass the trained model and the same architecture with its initial weights
+    to separate what the architecture loses from what training loses or adds.
+
+    Args:
+        models: ``{name: SMEN}``, each on ``device``.
+        boi: ``{scale: BoISequences}`` the models encode (only the finest scale is read).
+        user_ids: (n,) ids of the rows of ``boi_T``.
+        boi_T: (n, D) whole-life b_T of eq. (4) of ``user_ids`` (Table 5's BoI row).
+        labels: ``{task: (task_users, y)}`` as from ``downstream.task_labels``; every task
+            user must be in ``user_ids``.
+
+    Returns:
+        One row per (model, stage, task): columns ``model``, ``stage``, ``task``, ``auc``; the
+        input b_T comes first with model ``"input"``, stage ``"b_T"``.
+    """
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    row_of = pd.Index(user_ids)
+    task_rows = {}
+    for task, (task_users, y) in labels.items():
+        rows = row_of.get_indexer(np.asarray(task_users, dtype=np.int64))
+        if (rows < 0).any():
+            raise ValueError(f"task {task}: user {np.asarray(task_users)[rows < 0][0]} is not in user_ids")
+        task_rows[task] = (rows, np.asarray(y))
+    records = [{"model": "input", "stage": "b_T", "task": task, "auc": linear_probe_auc(boi_T[rows], y, seed)}
+               for task, (rows, y) in task_rows.items()]
+    for name, model in models.items():
+        for stage, X in encode_stages(model, dict(boi), user_ids, device).items():  # each (n, M*H)
+            records += [{"model": name, "stage": stage, "task": task, "auc": linear_probe_auc(X[rows], y, seed)}
+                        for task, (rows, y) in task_rows.items()]
+    return pd.DataFrame(records, columns=["model", "stage", "task", "auc"])
 
 
 # ---------------------------------------------------------------------------------------

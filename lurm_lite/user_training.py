@@ -39,7 +39,7 @@ import contextlib
 import dataclasses
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -411,6 +411,22 @@ def inference(model: torch.nn.Module):
         model.train(was_training)
 
 
+def _encoding_batches(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray, dev: torch.device,
+                      last_months: int | None, history_end_ts: int | None, batch_size: int
+                      ) -> Iterator[tuple[slice, dict[str, ScaleBatch]]]:
+    """The encoding windows of ``user_ids``, ``batch_size`` users at a time: (rows slice, {scale: batch} on dev).
+
+    Each window is built exactly as a training view (:func:`collate_views`); see
+    :func:`encode_users` for the window rule.
+    """
+    base = Timeline(boi[model.scales[0]])
+    lo, hi, end = _window(base, user_ids, last_months, history_end_ts)
+    for start in range(0, len(user_ids), batch_size):
+        part = slice(start, start + batch_size)
+        rows, n_rows = row_ranges(lo[part], hi[part])
+        yield part, {s: x.to(dev) for s, x in collate_views(base.seqs, rows, n_rows, end[part], model.scales).items()}
+
+
 def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray,
                  device: torch.device | str | None, last_months: int | None = None,
                  history_end_ts: int | None = None, batch_size: int = 512) -> np.ndarray:
@@ -433,16 +449,48 @@ def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray
     """
     dev = runs.device(str(device) if device is not None else "auto")
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    base = Timeline(boi[model.scales[0]])
-    lo, hi, end = _window(base, user_ids, last_months, history_end_ts)
     reps = np.zeros((len(user_ids), model.anchors * model.hidden), dtype=np.float32)
     with inference(model):
-        for start in range(0, len(user_ids), batch_size):
-            part = slice(start, start + batch_size)
-            rows, n_rows = row_ranges(lo[part], hi[part])
-            batch = {s: x.to(dev) for s, x in collate_views(base.seqs, rows, n_rows, end[part], model.scales).items()}
+        for part, batch in _encoding_batches(model, boi, user_ids, dev, last_months, history_end_ts, batch_size):
             reps[part] = model(batch).flatten(1).float().cpu().numpy()  # (b, M*H)
     return reps
+
+
+def encode_stages(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray,
+                  device: torch.device | str | None, history_end_ts: int | None = None,
+                  batch_size: int = 512) -> dict[str, np.ndarray]:
+    """What each stage of SMEN holds about each user's whole history (§2.2.1-2.2.3), flattened.
+
+    The same windows as :func:`encode_users` (``last_months`` None). Returns, every array
+    (n_users, M*H) float32 with rows in ``user_ids`` order:
+
+    - ``"r <scale>"``: the multi-anchor outputs r^i_t of eq. (5) averaged over the user's
+      non-empty periods t at that scale (what enters the GRU, before any time aggregation);
+    - ``"r~ <scale>"``: the GRU's last state r~^i at that scale (§2.2.2);
+    - ``"R^"``: eq. (7), equal to :func:`encode_users` (with one scale, r~ of that scale).
+
+    Read with a probe per stage, it locates where a signal of b_T is lost: in the per-period
+    encoding (eq. 5), in the time aggregation or in the scale switch.
+    """
+    dev = runs.device(str(device) if device is not None else "auto")
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    size = model.anchors * model.hidden
+    names = [f"{stage} {scale}" for scale in model.scales for stage in ("r", "r~")] + ["R^"]
+    out = {name: np.zeros((len(user_ids), size), dtype=np.float32) for name in names}
+    with inference(model):
+        for part, batch in _encoding_batches(model, boi, user_ids, dev, None, history_end_ts, batch_size):
+            r_tilde = []
+            for scale in model.scales:
+                x = batch[scale]
+                r = model.multi_anchor(x).float()  # (n_rows, M, H) eq. (5) per period
+                total = r.new_zeros(x.n_users, *r.shape[1:]).index_add_(0, x.row_user, r)  # (b, M, H)
+                n_periods = torch.bincount(x.row_user, minlength=x.n_users).clamp(min=1).to(r)  # (b,)
+                out[f"r {scale}"][part] = (total / n_periods[:, None, None]).flatten(1).cpu().numpy()
+                r_tilde.append(model.time_aggregation(r, x))  # (b, M, H)
+                out[f"r~ {scale}"][part] = r_tilde[-1].flatten(1).float().cpu().numpy()
+            R_hat = r_tilde[0] if model.switch is None else model.switch(*r_tilde)  # (b, M, H)
+            out["R^"][part] = R_hat.flatten(1).float().cpu().numpy()
+    return out
 
 
 def anchor_outputs(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray,

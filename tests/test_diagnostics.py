@@ -261,3 +261,43 @@ def test_quality_aggregation_gives_mean_and_sample_sd_over_seeds():
     assert summary["mean"] == pytest.approx(0.6) and summary["sd"] == pytest.approx(np.sqrt(0.02))
     table = quality.markdown_table(tasks)
     assert "| age |" in table and "72.00 ± 2.00" in table
+
+
+# ---------------------------------------------------------------------------------------
+# Linear probe per stage of SMEN
+# ---------------------------------------------------------------------------------------
+
+
+def test_linear_probe_reads_a_planted_label_and_treats_sparse_like_dense():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)  # (n,) three classes
+    X = rng.normal(size=(600, 20))
+    X[:, 4] += 1.5 * (y == 1) - 1.5 * (y == 2)  # one column carries the label
+    auc = diagnostics.linear_probe_auc(X, y, seed=0)
+    assert auc > 0.8
+    assert abs(diagnostics.linear_probe_auc(rng.normal(size=(600, 20)), y, seed=0) - 0.5) < 0.08  # noise: chance
+    # standardising a sparse X without centring gives the same probe (the intercept takes the mean)
+    counts = sp.csr_matrix(rng.poisson(np.where(y[:, None] == 1, 0.6, 0.3), size=(600, 30)).astype(float))
+    assert diagnostics.linear_probe_auc(counts, y, seed=0) == pytest.approx(
+        diagnostics.linear_probe_auc(counts.toarray(), y, seed=0), abs=2e-3)
+    with pytest.raises(ValueError, match="rows"):
+        diagnostics.linear_probe_auc(X[:10], y, seed=0)
+
+
+def test_signal_by_stage_probes_b_T_and_every_stage_of_each_model(identity_boi):
+    month = identity_boi["month"]
+    user_ids = month.user_ids  # (150,)
+    b_T = diagnostics.summed_boi(month, user_ids)  # (150, D) a stand-in for b_T
+    y = (user_ids % 2).astype(np.int64)  # user parity: carried by each user's own interest
+    torch.manual_seed(0)
+    models = {"a": SMEN(month.n_interests, hidden=8, anchors=2).eval(),
+              "b": SMEN(month.n_interests, hidden=8, anchors=2, scales=("month",)).eval()}
+    frame = diagnostics.signal_by_stage(models, identity_boi, user_ids, b_T, {"parity": (user_ids[::-1], y[::-1])},
+                                        seed=0)
+    assert frame.iloc[0][["model", "stage"]].tolist() == ["input", "b_T"]
+    assert frame.groupby("model").size().to_dict() == {"input": 1, "a": 5, "b": 3}
+    assert frame.auc.between(0, 1).all()
+    expected = diagnostics.linear_probe_auc(b_T[::-1], y[::-1], seed=0)  # labels in the given order
+    assert frame.auc.iloc[0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="not in user_ids"):
+        diagnostics.signal_by_stage(models, identity_boi, user_ids[1:], b_T[1:], {"parity": (user_ids, y)}, seed=0)

@@ -14,8 +14,8 @@ import torch
 from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig, for_scale
 from lurm_lite.smen import collate_rows
-from lurm_lite.user_training import (PairSampler, Timeline, anchor_outputs, encode_users, load_user_reps,
-                                     period_start_ts, save_user_reps, train_smen)
+from lurm_lite.user_training import (PairSampler, Timeline, anchor_outputs, encode_stages, encode_users,
+                                     load_user_reps, period_start_ts, save_user_reps, train_smen)
 
 SMEN_TINY = SMENConfig(hidden=8, anchors=3)
 TRAIN_TINY = UserTrainingConfig(batch_size=32, epochs=2, min_subseq_periods=4, max_periods=24)
@@ -235,6 +235,21 @@ def test_anchor_outputs_average_the_multi_anchor_outputs_over_periods(boi, train
     x = collate_rows(month, np.arange(month.user_ptr[k], month.user_ptr[k + 1]), np.array([2]))
     with torch.no_grad():
         np.testing.assert_allclose(out[0], model.multi_anchor(x).mean(0).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_encode_stages_agree_with_encode_users_and_the_whole_life_anchor_outputs(boi, trained):
+    """Each stage of encode_stages, checked against an independent path to the same numbers."""
+    model, _ = trained
+    ids = np.array([7002, 3, 999_999, 7003, 41])
+    stages = encode_stages(model, boi, ids, "cpu", batch_size=2)
+    assert list(stages) == ["r month", "r~ month", "r year", "r~ year", "R^"]
+    assert all(X.shape == (5, 3 * 8) and X.dtype == np.float32 for X in stages.values())
+    np.testing.assert_allclose(stages["R^"], encode_users(model, boi, ids, "cpu"), rtol=1e-5, atol=1e-6)
+    # r averaged over the whole history = anchor_outputs over the precomputed rows of each scale
+    for scale in ("month", "year"):
+        expected = anchor_outputs(model, boi, ids, "cpu", scale=scale).reshape(5, -1)
+        np.testing.assert_allclose(stages[f"r {scale}"], expected, rtol=1e-5, atol=1e-5)
+    assert not any(X[2].any() for X in stages.values())  # an absent user: every stage empty
 
 
 def test_user_reps_round_trip(tmp_path):
