@@ -367,8 +367,8 @@ def prepare(reviews: Sequence[str | Path], meta: Sequence[str | Path], out: str 
         example = default_windows(ts, None, None)
         raise DatasetError(
             f"{empty}; the reviews span {ts_to_date(ts.min())}..{ts_to_date(ts.max())}: pass --history-end and "
-            f"--label-end inside that span (e.g. --history-end {example[0]} --label-end {example[1]}), or leave "
-            f"both out for the last {LABEL_MONTHS} months as label window"
+            f"--label-end inside that span, e.g. --history-end {example[0]} --label-end {example[1]} "
+            f"(the last {LABEL_MONTHS} months as label window)"
         )
 
     # dense ids over what is kept; users keep their sorted order, so behaviours stay sorted

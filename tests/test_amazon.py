@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +212,10 @@ def test_truncated_gzip_names_the_file_and_the_last_line(tmp_path):
                                            r"download the file again.*gzip -dc Books\.json\.gz > Books\.json"):
         prepare([cut], [meta], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    cli = subprocess.run([sys.executable, "-m", "data_prep", "amazon", "--reviews", str(cut), "--meta", str(meta),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert cli.stderr.startswith(f"error: {cut}: the gzip stream is cut off") and cli.stderr.count("\n") == 1
 
 
 def test_no_review_matching_the_meta_is_a_clear_error(raw, tmp_path):
