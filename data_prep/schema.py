@@ -2,9 +2,29 @@
 
 A dataset is a folder with ``items.parquet``, ``behaviors.parquet``, ``users.parquet`` and
 ``dataset.json``. Every source in ``data_prep`` ends with :func:`write_dataset`, which
-casts the dtypes, checks the contract in memory, computes :func:`summarize` and writes
-the files atomically (``dataset.json`` last, so a folder with a ``dataset.json`` is
-complete). Every consumer starts with :func:`load_dataset`.
+casts the dtypes, checks the contract in memory and computes :func:`summarize`. Every
+consumer starts with :func:`load_dataset`.
+
+Writes are staged: :func:`behavior_writer` and :func:`write_dataset` write into a hidden
+folder beside ``out`` (``.<name>.partial``), and only after the contract check passes are
+its files moved into ``out``, ``dataset.json`` removed first and written last. A prep that
+fails (bad data, a full disk) leaves the previous dataset in ``out`` as it was, and never a
+mix of new and old files that loads: a folder without ``dataset.json`` does not load. One
+prep per output folder at a time; a stale ``.partial`` folder left by a killed prep is
+removed by the next prep into the same folder.
+
+Task rules (``dataset.json["tasks"][k]["rule"]``, exactly one of these keys; labels by
+:func:`task_labels`, always over users with at least one history behaviour):
+
+- ``{"future_category": C}`` (binary; optional ``"population": "active_in_label_window"``):
+  1 when the user has a label-window behaviour on an item whose ``category`` (split on
+  ``|``) contains C. Category preference identification (paper, section 3.2).
+- ``{"profile": COLUMN}`` (binary or multiclass): the ``users.parquet`` column, users with a
+  null label left out. User profiling prediction (paper, section 3.2).
+- ``{"activity": "label_window"}`` (binary): 1 when the user has at least one behaviour in
+  the label window, 0 when they have none (churn). Label-free: it needs neither categories
+  nor profile columns, so every log can evaluate at least this task, e.g.
+  ``{"name": "active_in_label_window", "kind": "binary", "rule": {"activity": "label_window"}}``.
 
 The checks are vectorised numpy over whole columns (a default dataset has 1e6 behaviours,
 the paper's Amazon split 4e7). A broken folder raises :class:`DatasetError`, whose message
@@ -18,7 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,7 +50,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lurm_lite.runs import atomic_path, load_json, save_json
+from lurm_lite.runs import load_json, save_json
 
 ITEMS_FILE = "items.parquet"
 BEHAVIORS_FILE = "behaviors.parquet"
@@ -38,6 +60,8 @@ META_FILE = "dataset.json"
 DAY_SECONDS = 86_400
 TASK_KINDS = ("binary", "multiclass")
 POPULATIONS = ("all", "active_in_label_window")
+RULE_KEYS = ("future_category", "profile", "activity")
+ACTIVITY_WINDOWS = ("label_window",)  # the windows an activity rule may name
 REQUIRED_META_KEYS = ("name", "source", "history_start", "history_end", "label_end", "tasks")
 
 # Column dtypes that write_dataset casts to (the validator accepts any integer kind).
@@ -182,6 +206,12 @@ def _check_integer(df: pd.DataFrame, file: str, col: str) -> np.ndarray:
     if null.any():
         i = int(np.argmax(null))
         raise DatasetError(f"{file}: column {col!r} has null/NaN values; first at {_row(df, i)}")
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        raise DatasetError(
+            f"{file}: column {col!r} holds datetimes (dtype {series.dtype}), the contract wants unix seconds "
+            f"as int64; convert with (df[{col!r}] - pd.Timestamp(0, tz=df[{col!r}].dt.tz)) // pd.Timedelta(seconds=1); "
+            f"example {_row(df, 0)}"
+        )
     if not pd.api.types.is_integer_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
         raise DatasetError(
             f"{file}: column {col!r} must have an integer dtype, got {series.dtype}; example {_row(df, 0)}"
@@ -331,9 +361,16 @@ def _check_meta(meta: dict[str, Any], items: pd.DataFrame, users: pd.DataFrame) 
         if task["kind"] not in TASK_KINDS:
             raise DatasetError(f"{where}: 'kind' must be one of {', '.join(TASK_KINDS)}")
         rule = task["rule"]
-        if not isinstance(rule, dict) or len({"future_category", "profile"} & set(rule)) != 1:
-            raise DatasetError(f"{where}: 'rule' must hold exactly one of 'future_category' or 'profile'")
-        if "future_category" in rule:
+        if not isinstance(rule, dict) or len(set(RULE_KEYS) & set(rule)) != 1:
+            raise DatasetError(f"{where}: 'rule' must hold exactly one of 'future_category', 'profile' or 'activity'")
+        if "activity" in rule:
+            if task["kind"] != "binary":
+                raise DatasetError(f"{where}: an activity rule makes a binary task")
+            if rule["activity"] not in ACTIVITY_WINDOWS:
+                raise DatasetError(f"{where}: rule activity must be one of {', '.join(map(repr, ACTIVITY_WINDOWS))}, "
+                                   f'e.g. {{"activity": "label_window"}}')
+            extra = set(rule) - {"activity"}
+        elif "future_category" in rule:
             if task["kind"] != "binary":
                 raise DatasetError(f"{where}: a future_category rule makes a binary task")
             if rule["future_category"] not in categories:
@@ -422,18 +459,51 @@ def _cast(df: pd.DataFrame, dtypes: dict[str, Any], file: str) -> pd.DataFrame:
     return df
 
 
+def _staging_dir(out: Path) -> Path:
+    """The hidden folder beside ``out`` where a prep's files wait for the contract check."""
+    out = out.resolve()
+    return out.parent / f".{out.name}.partial"
+
+
+def _fresh_staging_dir(out: Path) -> Path:
+    """An empty staging folder for ``out`` (a stale one from a killed prep is removed)."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; give the output a folder path, e.g. {out}_dataset")
+    staging = _staging_dir(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the staged files into ``out``: ``dataset.json`` removed first and written last.
+
+    Between the two steps the folder has no ``dataset.json`` and does not load, so a crash
+    there never leaves new files beside an old ``dataset.json``. Files of ``out`` that the
+    new dataset does not write (e.g. a ``ground_truth/`` folder) are left as they are.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)
+    for path in sorted(staging.iterdir()):
+        if path.name != META_FILE:
+            os.replace(path, out / path.name)
+    os.replace(staging / META_FILE, out / META_FILE)
+    staging.rmdir()
+
+
 @contextlib.contextmanager
 def behavior_writer(out: str | Path) -> Iterator[Any]:
     """Write ``behaviors.parquet`` chunk by chunk, for sources too large to hold as a frame.
 
     Yields ``write(user_id, item_id, ts)``; call it with chunks whose concatenation is
-    sorted by (user_id, ts). The file appears atomically when the block ends; then call
-    :func:`write_dataset` with ``behaviors=None`` to add the other files and validate.
+    sorted by (user_id, ts). The file is written into the staging folder of ``out`` (see
+    the module docstring), not into ``out``; then call :func:`write_dataset` with
+    ``behaviors=None``, which checks it and moves it into ``out`` with the other files.
+    An exception inside the block removes the staging folder.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / BEHAVIORS_FILE) as tmp:
-        with pq.ParquetWriter(tmp, BEHAVIORS_SCHEMA) as writer:
+    staging = _fresh_staging_dir(Path(out))
+    try:
+        with pq.ParquetWriter(staging / BEHAVIORS_FILE, BEHAVIORS_SCHEMA) as writer:
 
             def write(user_id: np.ndarray, item_id: np.ndarray, ts: np.ndarray) -> None:
                 writer.write_table(
@@ -448,38 +518,52 @@ def behavior_writer(out: str | Path) -> Iterator[Any]:
                 )
 
             yield write
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def write_dataset(out: str | Path, items: pd.DataFrame, behaviors: pd.DataFrame | None,
-                  users: pd.DataFrame, meta: dict[str, Any]) -> Dataset:
+                  users: pd.DataFrame, meta: dict[str, Any],
+                  extras: dict[str, pd.DataFrame] | None = None) -> Dataset:
     """Check, cast and write a dataset folder; returns the written ``Dataset``.
 
-    ``behaviors=None`` means ``behaviors.parquet`` was already streamed into ``out`` with
-    :func:`behavior_writer`. The contract is checked in memory before anything else is
-    written; dtypes are cast to item_id int32, user_id int64, ts int64; ``meta["summary"]``
-    is set to :func:`summarize` and ``dataset.json`` is written last.
+    ``behaviors=None`` means ``behaviors.parquet`` was already streamed with
+    :func:`behavior_writer(out) <behavior_writer>`. ``extras`` are further tables of the
+    dataset written beside the contract files, by file name (e.g. the id maps
+    ``{"id_map_users.parquet": frame}``), so that they too appear only with a valid dataset.
+    The contract is checked in memory before anything is written; dtypes are cast to item_id
+    int32, user_id int64, ts int64; ``meta["summary"]`` is set to :func:`summarize`.
+    Everything is written into the staging folder and moved into ``out`` only when complete
+    (module docstring): on any error ``out`` keeps its previous dataset.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    clash = sorted(set(extras or {}) & {ITEMS_FILE, BEHAVIORS_FILE, USERS_FILE, META_FILE})
+    if clash:
+        raise ValueError(f"extras must not replace the contract files {clash}; give them other names")
     streamed = behaviors is None
-    if streamed:
-        behaviors = _read_parquet(out / BEHAVIORS_FILE)
-    check(items, behaviors, users, meta)
-    items = _cast(items, ITEM_DTYPES, ITEMS_FILE)
-    behaviors = _cast(behaviors, BEHAVIOR_DTYPES, BEHAVIORS_FILE)
-    users = _cast(users, USER_DTYPES, USERS_FILE)
-    meta = {k: v for k, v in meta.items() if k != "summary"}
-    dataset = Dataset(items=items, behaviors=behaviors, users=users, meta=meta, path=out)
-    meta["summary"] = summarize(dataset)
-
-    stale = out / META_FILE  # an older dataset.json would describe files being replaced
-    if stale.exists():
-        stale.unlink()
-    frames = [(ITEMS_FILE, items), (USERS_FILE, users)] + ([] if streamed else [(BEHAVIORS_FILE, behaviors)])
-    for name, frame in frames:
-        with atomic_path(out / name) as tmp:
-            frame.to_parquet(tmp, index=False)
-    save_json(out / META_FILE, meta)
+    staging = _staging_dir(out) if streamed else _fresh_staging_dir(out)
+    if streamed and not (staging / BEHAVIORS_FILE).is_file():
+        raise DatasetError(f"{BEHAVIORS_FILE}: not found in the staging folder {staging}; "
+                           f"write_dataset(out, items, None, ...) needs `with behavior_writer(out)` first")
+    try:
+        if streamed:
+            behaviors = _read_parquet(staging / BEHAVIORS_FILE)
+        check(items, behaviors, users, meta)
+        items = _cast(items, ITEM_DTYPES, ITEMS_FILE)
+        behaviors = _cast(behaviors, BEHAVIOR_DTYPES, BEHAVIORS_FILE)
+        users = _cast(users, USER_DTYPES, USERS_FILE)
+        meta = {k: v for k, v in meta.items() if k != "summary"}
+        dataset = Dataset(items=items, behaviors=behaviors, users=users, meta=meta, path=out)
+        meta["summary"] = summarize(dataset)
+        frames = [(ITEMS_FILE, items), (USERS_FILE, users)] + ([] if streamed else [(BEHAVIORS_FILE, behaviors)])
+        for name, frame in frames + list((extras or {}).items()):
+            frame.to_parquet(staging / name, index=False)
+        save_json(staging / META_FILE, meta)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(staging, out)
     return dataset
 
 
@@ -493,8 +577,10 @@ def task_labels(dataset: Dataset, task: dict[str, Any]) -> tuple[np.ndarray, np.
 
     Returns ``(user_ids, y)``, user_ids ascending int64. ``future_category``: y int64 0/1,
     over users with >= 1 history behaviour (population ``all``) or with >= 1 label-window
-    behaviour (``active_in_label_window``). ``profile``: y holds the raw column values of
-    users with a non-null label and >= 1 history behaviour.
+    behaviour (``active_in_label_window``). ``activity``: y int64, 1 for the users with
+    >= 1 history behaviour who also have >= 1 label-window behaviour, 0 for the others.
+    ``profile``: y holds the raw column values of users with a non-null label and >= 1
+    history behaviour.
     """
     rule = task["rule"]
     hist_users = np.unique(dataset.behaviors["user_id"].to_numpy()[dataset.history_mask()])
@@ -504,6 +590,8 @@ def task_labels(dataset: Dataset, task: dict[str, Any]) -> tuple[np.ndarray, np.
         return users["user_id"].to_numpy(np.int64), users[rule["profile"]].to_numpy()
     label_mask = dataset.label_mask()
     label_users = dataset.behaviors["user_id"].to_numpy()[label_mask]
+    if "activity" in rule:
+        return hist_users.astype(np.int64), np.isin(hist_users, label_users).astype(np.int64)
     in_cat = _category_mask(dataset.items, rule["future_category"])
     positive = np.unique(label_users[in_cat[dataset.behaviors["item_id"].to_numpy()[label_mask]]])
     population = hist_users
@@ -554,7 +642,7 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
     for task in dataset.tasks:
         uid, y = task_labels(dataset, task)
         stats: dict[str, Any] = {"users": int(uid.size)}
-        if "future_category" in task["rule"]:
+        if "profile" not in task["rule"]:
             stats["positive_rate"] = round(float(y.mean()), 4) if y.size else None
         else:
             values, counts = np.unique(y.astype(str), return_counts=True)

@@ -9,6 +9,12 @@ the representations of 80% of the task's users and tested on the other 20% (§3.
   *user profiling prediction* takes a profile column of ``users.parquet``. The exact rules
   are the data contract's (docs/architecture.md, section 1). Only users with at least one
   history behaviour are labelled, since a representation is made from history alone.
+- Too small to score: a task is evaluated only when each of its classes has at least
+  ``MIN_CLASS_USERS`` (20) users: 20 positives and 20 negatives for a binary task, 20 users in
+  its smallest class for a multiclass one (each class is the positive side of one term of
+  the macro one-vs-rest AUC). With fewer, the 20% test part holds a handful of them and
+  the AUC is noise. A skipped task (a task whose users all share one label included) gets
+  its reason in ``results.json["skipped"]`` and in ``results.md``.
 - Split (§3.2): one stratified 80/20 split per task, derived from the task's sorted user ids
   and labels and the seed only, so every method is tested on the same users.
 - Metrics (§3.5, Tables 2-5): AUC and ACC; for multiclass tasks the macro one-vs-rest AUC.
@@ -59,9 +65,12 @@ def task_labels(dataset: Dataset, task: Mapping[str, Any]) -> tuple[np.ndarray, 
       at least one label-window behaviour on an item whose ``category``, split on ``|``,
       contains X; over every user with a history behaviour, or with
       ``"population": "active_in_label_window"`` only those who also act in the label window.
+    - ``{"activity": "label_window"}`` (label-free, churn): 1 when the user has any
+      label-window behaviour, over every user with a history behaviour.
     - ``{"profile": COLUMN}`` (user profiling prediction): the users.parquet column of users
       with a history behaviour and a non-null label, encoded here as 0..K-1 in the sorted
-      order of its values.
+      order of its values. A binary profile column with a single value gives one class;
+      :func:`evaluate` then skips the task.
 
     Returns:
         ``(user_ids (n,) int64 ascending, y (n,) int64)``.
@@ -70,9 +79,50 @@ def task_labels(dataset: Dataset, task: Mapping[str, Any]) -> tuple[np.ndarray, 
     if "profile" not in task["rule"]:
         return user_ids, values.astype(np.int64)
     classes, y = np.unique(values, return_inverse=True)
-    if task.get("kind") == "binary" and len(classes) != 2:
-        raise ValueError(f"Binary task {task['name']!r} needs two label values; found {list(classes)}.")
+    if task.get("kind") == "binary" and len(classes) > 2:
+        raise ValueError(f"Binary task {task['name']!r} needs at most two label values; found {list(classes)}.")
     return user_ids, y.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks too small to score
+# ---------------------------------------------------------------------------------------
+
+MIN_CLASS_USERS = 20  # fewest users per class (positives, negatives) for a task to be evaluated
+
+
+def skip_reason(y: np.ndarray) -> str | None:
+    """Why a task with class labels ``y`` (0..K-1, as from :func:`task_labels`) is not evaluated, or None.
+
+    Every class needs ``MIN_CLASS_USERS`` users: a binary task that many positives and
+    negatives, a multiclass task that many in its smallest class (module docstring).
+    """
+    if len(y) == 0:
+        return "no labelled user (no user with a history behaviour has a label)"
+    sizes = np.bincount(y, minlength=2)
+    if np.count_nonzero(sizes) < 2:
+        return f"all {len(y)} users have the same label"
+    if sizes.min() >= MIN_CLASS_USERS:
+        return None
+    if len(sizes) == 2:
+        return (f"{sizes[1]} positives and {sizes[0]} negatives among {len(y)} users; "
+                f"a binary task needs at least {MIN_CLASS_USERS} of each")
+    smallest = int(np.argmin(sizes))
+    return (f"its smallest class (index {smallest} of the sorted label values) has {sizes[smallest]} "
+            f"of {len(y)} users; "
+            f"a multiclass task needs at least {MIN_CLASS_USERS} users in every class")
+
+
+class TaskResults(dict):
+    """``{task: metrics}`` of the evaluated tasks; ``skipped`` holds ``{task: reason}`` of the others.
+
+    What :func:`evaluate` returns: a plain dict of metrics for every caller that iterates
+    it, with the skipped tasks beside it for :func:`collect_results`.
+    """
+
+    def __init__(self, metrics: Mapping[str, dict[str, Any]] = (), skipped: Mapping[str, str] | None = None):
+        super().__init__(metrics)
+        self.skipped = dict(skipped or {})
 
 
 # ---------------------------------------------------------------------------------------
@@ -382,8 +432,9 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
             every method).
 
     Returns:
-        ``{task: {"auc", "acc", "auc_ci95": [lo, hi], "n_test"}}``; a task whose users all
-        share one label is skipped with a warning.
+        A :class:`TaskResults`: ``{task: {"auc", "acc", "auc_ci95": [lo, hi], "n_test"}}`` of
+        the evaluated tasks, and in ``.skipped`` ``{task: reason}`` of the tasks with fewer
+        than ``MIN_CLASS_USERS`` users in a class (:func:`skip_reason`), each also warned.
     """
     config = config or DownstreamConfig()
     labels = all_task_labels(dataset) if labels is None else labels
@@ -391,10 +442,12 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
     if not row_of.is_unique:
         raise ValueError("user_ids must be unique: each row of X is one user.")
     X = X.tocsr() if sp.issparse(X) else X
-    results = {}
+    results = TaskResults()
     for task, (task_users, y) in labels.items():
-        if len(np.unique(y)) < 2:
-            warnings.warn(f"Task {task!r}: all {len(y)} users have the same label; skipped.", stacklevel=2)
+        reason = skip_reason(y)
+        if reason is not None:
+            warnings.warn(f"Task {task!r} skipped: {reason}.", stacklevel=2)
+            results.skipped[task] = reason
             continue
         rows = row_of.get_indexer(task_users)
         if (rows < 0).any():
@@ -411,22 +464,31 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
 
 def collect_results(dataset_name: str, split_seed: int,
                     per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods)."""
+    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods).
+
+    The tasks that :func:`evaluate` skipped (``TaskResults.skipped`` of any method) go to
+    ``"skipped": {task: reason}``.
+    """
     tasks: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     for method, per_task in per_method.items():
         for task, metrics in per_task.items():
             tasks.setdefault(task, {})[method] = {
                 "auc": float(metrics["auc"]), "acc": float(metrics["acc"]),
                 "auc_ci95": [float(v) for v in metrics["auc_ci95"]], "n_test": int(metrics["n_test"]),
             }
-    return {"dataset": dataset_name, "split_seed": int(split_seed), "tasks": tasks}
+        for task, reason in getattr(per_task, "skipped", {}).items():
+            skipped.setdefault(task, reason)
+    return {"dataset": dataset_name, "split_seed": int(split_seed), "tasks": tasks, "skipped": skipped}
 
 
 def validate_results(obj: Any) -> None:
     """Check the results.json schema; raise ValueError naming the first offending field.
 
     ``{"dataset": str, "split_seed": int, "tasks": {TASK: {METHOD: {"auc": float,
-    "acc": float, "auc_ci95": [lo, hi], "n_test": int}}}}`` with auc and acc in [0, 1].
+    "acc": float, "auc_ci95": [lo, hi], "n_test": int}}}, "skipped": {TASK: reason}}`` with
+    auc and acc in [0, 1]; ``skipped`` (absent in files written before it existed) names
+    tasks that are not in ``tasks``, each with a non-empty reason.
     """
     def fail(where: str, what: str) -> None:
         raise ValueError(f"results.json: {where} {what}")
@@ -461,6 +523,14 @@ def validate_results(obj: Any) -> None:
                 fail(f"{where}['auc_ci95']", f"must be a list [lo, hi] of two numbers, got {ci!r}")
             if isinstance(m["n_test"], bool) or not isinstance(m["n_test"], int) or m["n_test"] < 1:
                 fail(f"{where}['n_test']", f"must be a positive integer, got {m['n_test']!r}")
+    skipped = obj.get("skipped", {})
+    if not isinstance(skipped, dict):
+        fail("'skipped'", "must be an object {task: reason}")
+    for task, reason in skipped.items():
+        if not isinstance(reason, str) or not reason:
+            fail(f"skipped[{task!r}]", f"must be a non-empty reason, got {reason!r}")
+        if task in obj["tasks"]:
+            fail(f"skipped[{task!r}]", "names a task that also has results in 'tasks'")
 
 
 def results_markdown(results: Mapping[str, Any], methods: Sequence[str] | None = None) -> str:
@@ -468,7 +538,8 @@ def results_markdown(results: Mapping[str, Any], methods: Sequence[str] | None =
 
     Methods are rows (in ``methods`` order, default: first appearance), tasks are columns,
     cells are ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the best ACC are
-    bold (ties: all of them). A method without a result for a task shows ``-``.
+    bold (ties: all of them). A method without a result for a task shows ``-``. Skipped
+    tasks are listed below the table with their reasons.
     """
     tasks = list(results["tasks"])
     if methods is None:
@@ -490,6 +561,11 @@ def results_markdown(results: Mapping[str, Any], methods: Sequence[str] | None =
             cells.append("-" if m is None else
                          f"{cell(m['auc'], best[task]['auc'])}/{cell(m['acc'], best[task]['acc'])}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not tasks:
+        lines[2:] = ["No task could be evaluated."]
+    skipped = results.get("skipped", {})
+    if skipped:
+        lines += ["", "Skipped tasks: " + "; ".join(f"{task}: {reason}" for task, reason in skipped.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

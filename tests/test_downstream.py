@@ -40,7 +40,8 @@ def hand_built_dataset() -> Dataset:
                 {"name": "future_Toys", "kind": "binary", "rule": {"future_category": "Toys"}},
                 {"name": "future_Books_active", "kind": "binary",
                  "rule": {"future_category": "Books", "population": "active_in_label_window"}},
-                {"name": "age", "kind": "multiclass", "rule": {"profile": "age_group"}}]}
+                {"name": "age", "kind": "multiclass", "rule": {"profile": "age_group"}},
+                {"name": "churn", "kind": "binary", "rule": {"activity": "label_window"}}]}
     return Dataset(items=items, behaviors=behaviors, users=users, meta=meta)
 
 
@@ -55,7 +56,54 @@ def test_labels_follow_the_contract_rules_on_a_hand_built_dataset():
     # Profile: null label left out, classes 0..K-1 in sorted order of the values.
     users, y = labels["age"]
     assert users.tolist() == [1, 3] and y.tolist() == [1, 0]
+    # Label-free: users 1 and 2 act in the label window, user 3 does not; user 4 has no history.
+    users, y = labels["churn"]
+    assert users.tolist() == [1, 2, 3] and y.tolist() == [1, 1, 0]
     assert all(y.dtype == np.int64 for _, y in labels.values())
+
+
+# --- tasks too small to score ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("y, reason", [
+    (np.repeat([0, 1], [200, 20]), None),
+    (np.repeat([0, 1], [200, 19]), "19 positives and 200 negatives among 219 users; a binary task needs at least 20"),
+    (np.repeat([0, 1], [19, 200]), "200 positives and 19 negatives"),
+    (np.zeros(300, dtype=np.int64), "all 300 users have the same label"),
+    (np.ones(300, dtype=np.int64), "all 300 users have the same label"),
+    (np.zeros(0, dtype=np.int64), "no labelled user"),
+    (np.repeat([0, 1, 2], [50, 30, 20]), None),
+    (np.repeat([0, 1, 2], [50, 12, 30]),
+     "its smallest class (index 1 of the sorted label values) has 12 of 92 users; a multiclass task needs at least 20"),
+])
+def test_skip_reason(y, reason):
+    got = downstream.skip_reason(y)
+    assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_small_tasks_are_skipped_and_recorded_in_results(tmp_path):
+    rng = np.random.default_rng(7)
+    user_ids = np.arange(300, dtype=np.int64)
+    labels = {"fine": (user_ids, rng.integers(0, 2, 300)),
+              "rare": (user_ids, (np.arange(300) < 5).astype(np.int64)),  # 5 positives
+              "constant": (user_ids[:50], np.zeros(50, dtype=np.int64))}
+    dataset = Dataset(items=None, behaviors=None, users=None, meta={"name": "stub", "tasks": []})
+    X = rng.normal(size=(300, 4))
+    with pytest.warns(UserWarning, match="Task 'rare' skipped: 5 positives and 295 negatives"):
+        per_task = downstream.evaluate(X, user_ids, dataset, FAST, seed=0, labels=labels)
+    assert list(per_task) == ["fine"]
+    assert per_task.skipped == {"rare": "5 positives and 295 negatives among 300 users; a binary task needs at "
+                                        "least 20 of each", "constant": "all 50 users have the same label"}
+    results = downstream.collect_results("stub", 0, {"A": per_task, "B": per_task})
+    assert set(results["tasks"]) == {"fine"} and results["skipped"] == per_task.skipped
+    json_path, md_path = downstream.save_results(results, tmp_path / "results.json")
+    assert load_json(json_path)["skipped"] == per_task.skipped
+    assert "Skipped tasks: rare: 5 positives and 295 negatives" in md_path.read_text()
+    assert "constant: all 50 users have the same label." in md_path.read_text()
+
+    everything_skipped = downstream.collect_results("stub", 0, {"A": downstream.TaskResults({}, {"rare": "too few"})})
+    markdown = downstream.results_markdown(everything_skipped)
+    assert "No task could be evaluated." in markdown and "| Method |" not in markdown and "rare: too few" in markdown
 
 
 # --- split ------------------------------------------------------------------------------
@@ -241,6 +289,9 @@ def _two_method_results():
 
 def test_results_json_validates_and_markdown_bolds_the_best(tmp_path):
     results = _two_method_results()
+    assert results["skipped"] == {}
+    old_file = {k: v for k, v in results.items() if k != "skipped"}  # written before "skipped" existed
+    downstream.validate_results(old_file)
     json_path, md_path = downstream.save_results(results, tmp_path / "results.json")
     loaded = load_json(json_path)
     downstream.validate_results(loaded)
@@ -257,6 +308,9 @@ def test_results_json_validates_and_markdown_bolds_the_best(tmp_path):
     (lambda r: r["tasks"]["t1"]["LURM"].update(n_test="40"), "n_test"),
     (lambda r: r["tasks"]["t1"]["LURM"].pop("acc"), "exactly"),
     (lambda r: r.update(tasks=[]), "tasks"),
+    (lambda r: r.update(skipped=["t3"]), "'skipped' must be an object"),
+    (lambda r: r.update(skipped={"t3": ""}), r"skipped\['t3'\] must be a non-empty reason"),
+    (lambda r: r.update(skipped={"t1": "too few"}), r"skipped\['t1'\] names a task that also has results"),
 ])
 def test_validate_results_names_what_is_wrong(breakage, message):
     results = json.loads(json.dumps(_two_method_results()))
@@ -285,7 +339,10 @@ def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(t
     skipped = [str(w.message) for w in caught if "Skipping method" in str(w.message)]
     assert len(skipped) == 2 and "centroids.npy" in skipped[0] and "03_interests_boi" in skipped[0]
     assert "smen.pt" in skipped[1]
-    assert set(results["tasks"]) == {t["name"] for t in dataset.tasks}
+    # tiny synthetic: baby_age's smallest class has 13 users, so it is skipped; every other task is scored
+    assert results["skipped"] == {"baby_age": "its smallest class (index 0 of the sorted label values) has 13 of "
+                                              "122 users; a multiclass task needs at least 20 users in every class"}
+    assert set(results["tasks"]) == {t["name"] for t in dataset.tasks} - {"baby_age"}
     assert all(set(methods) == {"RFM", "MeanItemEmb", "LURM"} for methods in results["tasks"].values())
     assert load_json(run.results) == results
     rows = [line.split(" |")[0] for line in run.results.with_suffix(".md").read_text().splitlines()[4:]]

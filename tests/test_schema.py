@@ -123,6 +123,23 @@ BROKEN = [
     ("dataset.json",
      lambda m: m.pop("label_end"),
      ["dataset.json", "missing required key 'label_end'"]),
+    ("dataset.json",
+     lambda m: m["tasks"].append({"name": "churn", "kind": "multiclass", "rule": {"activity": "label_window"}}),
+     ["dataset.json", "tasks[2]", "activity rule makes a binary task"]),
+    ("dataset.json",
+     lambda m: m["tasks"].append({"name": "churn", "kind": "binary", "rule": {"activity": "history"}}),
+     ["dataset.json", "tasks[2]", "rule activity must be one of 'label_window'"]),
+    ("dataset.json",
+     lambda m: m["tasks"].append({"name": "churn", "kind": "binary",
+                                  "rule": {"activity": "label_window", "population": "all"}}),
+     ["dataset.json", "tasks[2]", "unknown rule keys ['population']"]),
+    ("dataset.json",
+     lambda m: m["tasks"].append({"name": "x", "kind": "binary",
+                                  "rule": {"activity": "label_window", "profile": "gender"}}),
+     ["dataset.json", "tasks[2]", "exactly one of 'future_category', 'profile' or 'activity'"]),
+    ("behaviors.parquet",
+     lambda df: df.assign(ts=pd.to_datetime(df["ts"], unit="s").astype("datetime64[ms]")),
+     ["behaviors.parquet", "'ts'", "holds datetimes (dtype datetime64[ms])", "unix seconds", "pd.Timedelta"]),
 ]
 
 
@@ -147,6 +164,65 @@ def test_write_dataset_checks_before_writing(tmp_path):
     with pytest.raises(DatasetError, match="'ts' must be sorted"):
         write_dataset(tmp_path / "bad", items, behaviors.iloc[[1, 0, 2, 3, 4]], users, meta)
     assert not (tmp_path / "bad" / "dataset.json").exists()
+
+
+def test_activity_task_labels_by_hand(tmp_path):
+    """Label 1 = any label-window behaviour; only users with history are labelled."""
+    items, behaviors, users, meta = _tiny_frames()
+    # user 4 acts only in the label window (no history: not labelled); user 3 never acts
+    behaviors = pd.concat([behaviors, pd.DataFrame({"user_id": [4], "item_id": [0], "ts": [date_to_ts("2018-03-01")]})],
+                          ignore_index=True)
+    users = pd.concat([users, pd.DataFrame({"user_id": [4], "gender": ["F"]})], ignore_index=True)
+    meta["tasks"] = [{"name": "active_in_label_window", "kind": "binary", "rule": {"activity": "label_window"}}]
+    ds = write_dataset(tmp_path / "churn", items, behaviors, users, meta)
+    uid, y = task_labels(ds, ds.tasks[0])
+    assert uid.tolist() == [1, 2] and y.tolist() == [1, 0]  # user 1 acts on 2018-02-01, user 2 not after 2017-04
+    assert y.dtype == np.int64
+    assert validate(tmp_path / "churn").meta["summary"]["tasks"]["active_in_label_window"] == {
+        "users": 2, "positive_rate": 0.5}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_failed_write_leaves_the_previous_dataset_intact(toy, tmp_path):
+    """A prep that streams new behaviours and then fails the contract check changes nothing in ``out``."""
+    from data_prep.schema import behavior_writer
+
+    before = _files(toy)
+    items, behaviors, users, meta = _tiny_frames()
+    with behavior_writer(toy) as write:  # a different, longer log
+        write(np.array([1, 1, 2]), np.array([0, 0, 1]), np.array([10, 20, 30]))
+    meta["tasks"].append({"name": "future_Cars", "kind": "binary", "rule": {"future_category": "Cars"}})
+    with pytest.raises(DatasetError, match="unknown category 'Cars'"):
+        write_dataset(toy, items, None, users, meta, extras={"id_map_items.parquet": items[["item_id"]]})
+    assert _files(toy) == before
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())  # the staging folder is removed
+    assert len(validate(toy).behaviors) == 5
+
+    with pytest.raises(DatasetError, match="'ts' must be sorted"):  # in-memory behaviours, same guarantee
+        write_dataset(toy, items, behaviors.iloc[[1, 0, 2, 3, 4]], users, meta)
+    assert _files(toy) == before
+
+
+def test_write_replaces_a_dataset_and_writes_extras(toy, tmp_path):
+    items, behaviors, users, meta = _tiny_frames()
+    stale = tmp_path / ".toy.partial"  # left by a prep that was killed
+    stale.mkdir()
+    (stale / "behaviors.parquet").write_bytes(b"half a file")
+    id_map = pd.DataFrame({"item_id": [0, 1, 2], "key": ["a", "b", "c"]})
+    write_dataset(toy, items, behaviors.iloc[:3], users, meta, extras={"id_map_items.parquet": id_map})
+    assert len(validate(toy).behaviors) == 3
+    assert pd.read_parquet(toy / "id_map_items.parquet").equals(id_map)
+    assert not stale.exists()
+    with pytest.raises(ValueError, match="contract files"):
+        write_dataset(toy, items, behaviors, users, meta, extras={"items.parquet": items})
+    with pytest.raises(DatasetError, match="needs `with behavior_writer"):
+        write_dataset(tmp_path / "never_streamed", items, None, users, meta)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DatasetError, match="a_file: exists and is not a folder"):
+        write_dataset(tmp_path / "a_file", items, behaviors, users, meta)
 
 
 def test_cli_validate(toy, tmp_path):
