@@ -1,8 +1,8 @@
 """Bring-your-own behaviour log (CSV or Parquet) -> a contract folder.
 
-Inputs, by content and extension: ``.parquet``/``.pq`` (pyarrow record batches of
-``chunk_size`` rows), anything else is CSV, plain or gzip (detected by its magic bytes),
-read ``chunk_size`` rows at a time:
+Inputs: Parquet (a ``.parquet``/``.pq`` name or Parquet's magic bytes; pyarrow record
+batches of ``chunk_size`` rows), anything else is CSV, plain or gzip (detected by its magic
+bytes), read ``chunk_size`` rows at a time:
 
 - the behaviour log, one row per behaviour, with the ``user_col``, ``item_col`` and
   ``time_col`` columns (and ``title_col`` / ``category_col`` when there is no items table);
@@ -97,6 +97,7 @@ MAX_OUTLIER_SHARE = 0.05
 N_EXAMPLES = 3
 CHURN_TASK = {"name": "active_in_label_window", "kind": "binary", "rule": {"activity": "label_window"}}
 GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
 _CANONICAL_INT = re.compile(r"^(0|-?[1-9]\d{0,17})$")  # 18 digits at most: always fits int64
 _SPACES = re.compile(r"\s+")
 _SKIPPED_LINE = re.compile(r"Skipping line (\d+): ([^\n]*)")
@@ -123,7 +124,9 @@ class _FileReport(dict):
 
 
 def _is_parquet(path: Path) -> bool:
-    return path.name.lower().endswith((".parquet", ".pq"))
+    """A ``.parquet``/``.pq`` name or Parquet's magic bytes ``PAR1``."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == PARQUET_MAGIC or path.name.lower().endswith((".parquet", ".pq"))
 
 
 def _is_gzip(path: Path) -> bool:
@@ -236,8 +239,6 @@ def _csv_chunks(path: Path, columns: Sequence[str], chunk_size: int, report: _Fi
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{path}: the file is empty; expected a header line and one row per behaviour") from None
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, zlib.error, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
         raise DatasetError(f"{path}: cannot be read as CSV with separator {sep!r} ({_one_line(exc)}); "
                            "check that it is complete UTF-8 text, or give --sep") from None
 
@@ -431,7 +432,7 @@ def _item_frame(item_keys: pd.DataFrame, text: pd.DataFrame, title_col: str | No
     spoken = values.map(lambda v: "".join(" " + c for c in v))
     fallback = "item " + item_keys["key"].astype(str).to_numpy() + spoken.to_numpy(dtype=object)
     raw_title = text[title_col] if title_col else pd.Series(None, index=text.index, dtype=object)
-    title = raw_title.map(lambda t: _clean(str(t)) if isinstance(t, str) or pd.notna(t) else "").to_numpy(dtype=object)
+    title = raw_title.map(lambda t: "" if not isinstance(t, str) and pd.isna(t) else _clean(str(t))).to_numpy(dtype=object)
     missing_title = title == ""
     frame = pd.DataFrame({
         "item_id": np.arange(n, dtype=np.int32),
@@ -498,7 +499,7 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
             item_text.append(frame[text_cols].assign(code=codes))
     n_table_items = len(item_map.index)
     user_profile = None if users is None else _read_users(Path(users), user_col, user_map, chunk_size, sep,
-                                                          files.setdefault(str(users), _FileReport()))
+                                                          files.setdefault(str(Path(users)), _FileReport()))
 
     report = files.setdefault(str(log_path), _FileReport())
     parse_time = TimeParser()
@@ -526,10 +527,11 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
             first = (codes >= before) & ~pd.Series(codes).duplicated().to_numpy()
             item_text.append(frame.iloc[good[first]][text_cols].assign(code=codes[first]))
     if report["malformed"] > MAX_MALFORMED_SHARE * report["rows"]:
+        separator = f", the separator ({report['separator']!r}, --sep)" if "separator" in report else ""
         raise DatasetError(
             f"{log_path.name}: {report['malformed']} of {report['rows']} data rows are malformed, first at "
-            f"{report['first_malformed']}; check --user-col/--item-col/--time-col, the separator "
-            f"({report.get('separator', 'Parquet')!r}, --sep) and the time format (unix s/ms, yyyymmdd, ISO dates)")
+            f"{report['first_malformed']}; check --user-col/--item-col/--time-col{separator} and the time format "
+            "(unix s/ms, yyyymmdd, ISO dates)")
     user, item, ts = (np.concatenate(p) for p in (u_parts, i_parts, t_parts))
     del u_parts, i_parts, t_parts
 
