@@ -179,10 +179,11 @@ def _require(path: Path, columns: Sequence[str], have: Sequence[str], sep: str |
 
 
 def _chunks(path: Path, columns: Sequence[str], chunk_size: int, report: _FileReport, sep: str | None = None,
-            all_columns: bool = False) -> Iterator[tuple[int, pd.DataFrame]]:
+            all_columns: bool = False, inferred: Sequence[str] = ()) -> Iterator[tuple[int, pd.DataFrame]]:
     """(first data row, frame) chunks of ``columns`` (or, with ``all_columns``, of every column).
 
-    CSV cells of ``columns`` are read as text, empty cells as missing; CSV lines with too
+    CSV cells of ``columns`` are read as text (but pandas infers the dtype of ``inferred``,
+    so that a numeric time column parses fast), empty cells as missing; CSV lines with too
     many fields are skipped and counted in ``report``; every data row is counted in
     ``report["rows"]``. Missing columns, an empty or header-only file and unreadable files
     raise :class:`DatasetError` naming the file.
@@ -192,7 +193,7 @@ def _chunks(path: Path, columns: Sequence[str], chunk_size: int, report: _FileRe
     if _is_parquet(path):
         yield from _parquet_chunks(path, columns, chunk_size, report, all_columns)
     else:
-        yield from _csv_chunks(path, columns, chunk_size, report, sep, all_columns)
+        yield from _csv_chunks(path, columns, chunk_size, report, sep, all_columns, inferred)
     if report["rows"] == 0:
         raise DatasetError(f"{path}: the file has a header but no data rows")
 
@@ -212,14 +213,14 @@ def _parquet_chunks(path: Path, columns: Sequence[str], chunk_size: int, report:
 
 
 def _csv_chunks(path: Path, columns: Sequence[str], chunk_size: int, report: _FileReport, sep: str | None,
-                all_columns: bool) -> Iterator[tuple[int, pd.DataFrame]]:
+                all_columns: bool, inferred: Sequence[str]) -> Iterator[tuple[int, pd.DataFrame]]:
     sep = sep or sniff_separator(path, columns)
     report["separator"] = sep
     options = dict(sep=sep, compression="gzip" if _is_gzip(path) else None, encoding="utf-8-sig")
     try:
         header = list(pd.read_csv(path, nrows=0, **options).columns)
         _require(path, columns, header, sep)
-        reader = pd.read_csv(path, chunksize=chunk_size, dtype={c: str for c in columns}, keep_default_na=False,
+        reader = pd.read_csv(path, chunksize=chunk_size, dtype={c: str for c in columns if c not in inferred}, keep_default_na=False,
                              na_values=[""], on_bad_lines="warn", **options)
         while True:
             with warnings.catch_warnings(record=True) as caught:
@@ -252,14 +253,14 @@ def _clean(text: str) -> str:
     return _SPACES.sub(" ", html.unescape(text)).strip()
 
 
-def _keys(frame: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
+def _keys(frame: pd.DataFrame, col: str) -> tuple[pd.Series, np.ndarray]:
     """``(keys, empty)``: the id column as stripped text keys (integral floats as ints) and its empty cells."""
     values = frame[col]
     if pd.api.types.is_float_dtype(values.dtype) and (values.dropna() % 1 == 0).all():
         values = values.astype("Int64")
-    keys = values.astype("string").str.strip()
-    empty = (keys.isna() | (keys == "")).fillna(True).to_numpy(dtype=bool)
-    return keys.fillna("").to_numpy(dtype=object), empty
+    keys = values.astype("str").str.strip().reset_index(drop=True)
+    empty = (keys.isna() | (keys == "")).to_numpy(dtype=bool)
+    return keys, empty
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,13 +366,15 @@ class _KeyMap:
     def __init__(self) -> None:
         self.index = pd.Index([], dtype=object)
 
-    def codes(self, keys: np.ndarray) -> np.ndarray:
-        codes = self.index.get_indexer(keys)
+    def codes(self, keys: pd.Series) -> np.ndarray:
+        """Codes of non-empty text keys; keys not seen before get the next codes."""
+        local, uniques = pd.factorize(keys)  # hashes the chunk once; only its distinct keys are looked up
+        codes = self.index.get_indexer(uniques)
         new = codes < 0
         if new.any():
-            self.index = self.index.append(pd.Index(pd.unique(keys[new]), dtype=object))
-            codes[new] = self.index.get_indexer(keys[new])
-        return codes.astype(np.int64)
+            codes[new] = np.arange(len(self.index), len(self.index) + int(new.sum()))
+            self.index = self.index.append(pd.Index(np.asarray(uniques[new], dtype=object), dtype=object))
+        return codes[local].astype(np.int64)
 
     def frame(self, id_col: str) -> pd.DataFrame:
         """(id_col, key): keys as int64 when every key is a canonical integer, else as text."""
@@ -495,7 +498,7 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
             if dup.any():
                 i = int(np.argmax(dup))
                 raise DatasetError(f"{path.name}: column {item_col!r} must be unique; data row {offset + i}: "
-                                   f"{keys[i]!r} repeats")
+                                   f"{keys.iloc[i]!r} repeats")
             item_text.append(frame[text_cols].assign(code=codes))
     n_table_items = len(item_map.index)
     user_profile = None if users is None else _read_users(Path(users), user_col, user_map, chunk_size, sep,
@@ -505,7 +508,7 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
     parse_time = TimeParser()
     u_parts, i_parts, t_parts = [], [], []
     log_cols = [user_col, item_col, time_col] + (text_cols if items is None else [])
-    for offset, frame in _chunks(log_path, log_cols, chunk_size, report, sep):
+    for offset, frame in _chunks(log_path, log_cols, chunk_size, report, sep, inferred=[time_col]):
         user_keys, user_empty = _keys(frame, user_col)
         item_keys, item_empty = _keys(frame, item_col)
         ts, ts_ok = parse_time(frame[time_col])
@@ -518,9 +521,9 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
                         f"({parse_time.description or 'no format detected yet'})")
             report.bad(int(bad.sum()), f"data row {offset + i}: {why}")
         good = np.flatnonzero(~bad)
-        u_parts.append(user_map.codes(user_keys[good]))
+        u_parts.append(user_map.codes(user_keys.iloc[good]))
         before = len(item_map.index)
-        codes = item_map.codes(item_keys[good])
+        codes = item_map.codes(item_keys.iloc[good])
         i_parts.append(codes)
         t_parts.append(ts[good])
         if len(log_cols) > 3:
