@@ -44,8 +44,8 @@ duplicate_rows_dropped``:
   when more than half of the rows are malformed the prep fails instead (a wrong column or
   format, not a few bad lines);
 - outlier times: rows isolated from the bulk of the log by a gap wider than max(3 x the
-  interquartile range, 1 year), on a side holding at most 5 % of the rows (one 1960 or
-  2100 row among 2015-2018 data), are dropped, with a count and examples;
+  interquartile range, 1 year), on a side holding at most 5 % of the rows or a single row
+  (one 1960 or 2100 row among 2015-2018 data), are dropped, with a count and examples;
 - duplicate rows (same user, item and time) are dropped, as ``data_prep.amazon`` does.
 
 Windows: ``history_end`` defaults to the UTC day that leaves the last 10 % of the (outlier
@@ -220,8 +220,8 @@ def _csv_chunks(path: Path, columns: Sequence[str], chunk_size: int, report: _Fi
     try:
         header = list(pd.read_csv(path, nrows=0, **options).columns)
         _require(path, columns, header, sep)
-        reader = pd.read_csv(path, chunksize=chunk_size, dtype={c: str for c in columns if c not in inferred}, keep_default_na=False,
-                             na_values=[""], on_bad_lines="warn", **options)
+        reader = pd.read_csv(path, chunksize=chunk_size, dtype={c: str for c in columns if c not in inferred},
+                             keep_default_na=False, na_values=[""], on_bad_lines="warn", **options)
         while True:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", pd.errors.ParserWarning)
@@ -336,9 +336,9 @@ def outlier_mask(ts: np.ndarray) -> np.ndarray:
     """True for times isolated from the bulk of the log (module docstring).
 
     A time is an outlier when a gap wider than max(3 x IQR, 1 year) separates it from the
-    median time and its side of that gap holds at most 5 % of the rows: one 1960 row among
-    2015-2018 data, never the sparse early years of a growing log (no wide gap) nor a
-    second period of collection (too many rows).
+    median time and its side of that gap holds at most 5 % of the rows (or one row): one
+    1960 row among 2015-2018 data, never the sparse early years of a growing log (no wide
+    gap) nor a second period of collection (too many rows).
     """
     if ts.size == 0:
         return np.zeros(0, bool)
@@ -346,7 +346,7 @@ def outlier_mask(ts: np.ndarray) -> np.ndarray:
     q25, q75 = np.percentile(s, [25, 75])
     gap_limit = max(OUTLIER_IQR_FACTOR * (q75 - q25), MIN_OUTLIER_GAP)
     wide = np.flatnonzero(np.diff(s) > gap_limit)  # gap k lies between s[k] and s[k + 1]
-    limit = MAX_OUTLIER_SHARE * s.size
+    limit = max(MAX_OUTLIER_SHARE * s.size, 1)
     mid = s.size // 2
     below = wide[(wide < mid) & (wide + 1 <= limit)]
     above = wide[(wide >= mid) & (s.size - wide - 1 <= limit)]
@@ -435,7 +435,8 @@ def _item_frame(item_keys: pd.DataFrame, text: pd.DataFrame, title_col: str | No
     spoken = values.map(lambda v: "".join(" " + c for c in v))
     fallback = "item " + item_keys["key"].astype(str).to_numpy() + spoken.to_numpy(dtype=object)
     raw_title = text[title_col] if title_col else pd.Series(None, index=text.index, dtype=object)
-    title = raw_title.map(lambda t: "" if not isinstance(t, str) and pd.isna(t) else _clean(str(t))).to_numpy(dtype=object)
+    title = raw_title.map(lambda t: "" if not isinstance(t, str) and pd.isna(t) else _clean(str(t)))
+    title = title.to_numpy(dtype=object)
     missing_title = title == ""
     frame = pd.DataFrame({
         "item_id": np.arange(n, dtype=np.int32),
@@ -488,8 +489,8 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
 
     if items is not None:
         path = Path(items)
-        for offset, frame in _chunks(path, [item_col] + text_cols, chunk_size, files.setdefault(str(path), _FileReport()),
-                                     sep):
+        table_report = files.setdefault(str(path), _FileReport())
+        for offset, frame in _chunks(path, [item_col] + text_cols, chunk_size, table_report, sep):
             keys, empty = _keys(frame, item_col)
             _no_empty_ids(path, frame, item_col, offset, empty)
             before = len(item_map.index)
@@ -515,7 +516,8 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
         bad = user_empty | item_empty | ~ts_ok
         if bad.any():
             i = int(np.argmax(bad))
-            why = (f"column {user_col!r} is empty" if user_empty[i] else f"column {item_col!r} is empty" if item_empty[i]
+            why = (f"column {user_col!r} is empty" if user_empty[i]
+                   else f"column {item_col!r} is empty" if item_empty[i]
                    else f"column {time_col!r} is empty" if pd.isna(frame[time_col].iloc[i])
                    else f"column {time_col!r} value {frame[time_col].iloc[i]!r} is not a time "
                         f"({parse_time.description or 'no format detected yet'})")

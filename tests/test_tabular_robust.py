@@ -250,6 +250,8 @@ def test_outlier_mask_spares_growing_logs_and_second_periods():
     assert not outlier_mask(two_periods).any()
     spiked = np.r_[two_periods, 0, 0]  # ts = 0: a missing time written as zero
     assert outlier_mask(spiked).sum() == 2
+    tiny = np.r_[date_to_ts("2020-01-01") + np.arange(8) * 40 * DAY, date_to_ts("2100-01-01")]
+    assert outlier_mask(tiny).tolist() == [False] * 8 + [True]  # one row is always few enough
 
 
 @pytest.mark.parametrize("kwargs,words", [
