@@ -508,7 +508,8 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
     report = files.setdefault(str(log_path), _FileReport())
     parse_time = TimeParser()
     u_parts, i_parts, t_parts = [], [], []
-    log_cols = [user_col, item_col, time_col] + (text_cols if items is None else [])
+    text_in_log = items is None and bool(text_cols)  # else titles and categories come from the items table
+    log_cols = [user_col, item_col, time_col] + (text_cols if text_in_log else [])
     for offset, frame in _chunks(log_path, log_cols, chunk_size, report, sep, inferred=[time_col]):
         user_keys, user_empty = _keys(frame, user_col)
         item_keys, item_empty = _keys(frame, item_col)
@@ -528,7 +529,7 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
         codes = item_map.codes(item_keys.iloc[good])
         i_parts.append(codes)
         t_parts.append(ts[good])
-        if len(log_cols) > 3:
+        if text_in_log:
             first = (codes >= before) & ~pd.Series(codes).duplicated().to_numpy()
             item_text.append(frame.iloc[good[first]][text_cols].assign(code=codes[first]))
     if report["malformed"] > MAX_MALFORMED_SHARE * report["rows"]:
