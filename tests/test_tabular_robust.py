@@ -353,3 +353,9 @@ def test_report_counts_add_up_to_the_input_rows(tmp_path):
     assert report["behaviors"] == len(ds.behaviors) == 60
     assert report["first_malformed"].startswith("line 64: expected 4 fields, saw 5")
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["prep_report"]["rows"] == 68
+
+
+def test_non_utf8_file_is_named(tmp_path):
+    (tmp_path / "log.csv").write_bytes("user,item,time,title\nu1,i1,1500000000,Caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"log.csv: cannot be read as CSV .*UTF-8"):
+        _prepare(tmp_path / "log.csv", tmp_path / "ds", title_col="title")
