@@ -14,6 +14,14 @@ import time
 from data_prep.schema import DatasetError, format_summary, summarize, validate
 
 
+def _separator(text: str) -> str:
+    """``--sep``: one character; ``tab`` and ``\\t`` (as typed in a shell) mean a tab."""
+    sep = "\t" if text in ("tab", "\\t") else text
+    if len(sep) != 1:
+        raise argparse.ArgumentTypeError(f"expected one character such as ';' or 'tab', got {text!r}")
+    return sep
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,14 +45,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="categories of the future_<cat> tasks (default: the 4 most frequent)")
 
     p = sub.add_parser("tabular", help="bring-your-own CSV/Parquet behaviour log")
-    p.add_argument("--behaviors", required=True, help="behaviour log (.csv, .csv.gz or .parquet)")
+    p.add_argument("--behaviors", required=True, help="behaviour log (.csv, .tsv, .csv.gz or .parquet)")
     p.add_argument("--items", default=None, help="optional items table")
     p.add_argument("--users", default=None, help="optional users table; its other columns become profile tasks")
     p.add_argument("--user-col", required=True)
     p.add_argument("--item-col", required=True)
-    p.add_argument("--time-col", required=True, help="unix seconds or ISO dates/datetimes")
+    p.add_argument("--time-col", required=True,
+                   help="unix s/ms/us/ns (by magnitude), yyyymmdd, ISO dates/datetimes or a Parquet timestamp")
     p.add_argument("--title-col", default=None, help="item title column (items table, else behaviour log)")
-    p.add_argument("--category-col", default=None, help="item category column (items table, else behaviour log)")
+    p.add_argument("--category-col", default=None,
+                   help="item category column (items table, else behaviour log); may hold several values")
+    p.add_argument("--category-sep", default="|",
+                   help="separator of several values in one category cell (default '|', as in 'Action|Comedy'); "
+                        "JSON/Python list literals are read as lists")
+    p.add_argument("--sep", default=None, type=_separator,
+                   help="CSV separator of every input, e.g. ',', ';', 'tab' or '\\t' (default: sniffed among "
+                        "comma, tab, semicolon and pipe)")
     p.add_argument("--history-end", default=None, help="YYYY-MM-DD (default: leave the last 10%% of the span)")
     p.add_argument("--label-end", default=None, help="YYYY-MM-DD (default: the day after the last behaviour)")
     p.add_argument("--out", required=True, help="output dataset folder")
@@ -80,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(args.behaviors, args.out, items=args.items, users=args.users, user_col=args.user_col,
                     item_col=args.item_col, time_col=args.time_col, title_col=args.title_col,
                     category_col=args.category_col, history_end=args.history_end, label_end=args.label_end,
-                    quiet=False)
+                    sep=args.sep, category_sep=args.category_sep, quiet=False)
     except (DatasetError, ValueError, OSError) as exc:  # OSError: missing files, no network to PyPI
         print(f"error: {exc}", file=sys.stderr)
         return 1

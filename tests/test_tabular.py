@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from data_prep.schema import date_to_ts, validate
+from data_prep.schema import DatasetError, date_to_ts, validate
 from data_prep.tabular import prepare
 
 
@@ -34,7 +33,6 @@ def test_csv_with_items_and_users(files, tmp_path):
                   category_col="cat", chunk_size=3)
     ds = validate(out)
     assert len(ds.behaviors) == 8 and len(ds.users) == 4 and len(ds.items) == 4
-    assert pq.ParquetFile(out / "behaviors.parquet").num_row_groups == 3  # written in chunks of 3
     item_map = pd.read_parquet(out / "id_map_items.parquet")
     assert item_map["key"].tolist() == ["p1", "p2", "p3", "p9"]  # items table first, then the log
     assert ds.items["title"].tolist() == ["Red Kettle", "item p2 Garden", "Blue Mug", "item p9"]
@@ -48,39 +46,50 @@ def test_csv_with_items_and_users(files, tmp_path):
     tasks = {t["name"]: t for t in ds.tasks}
     assert tasks["gender"]["kind"] == "binary" and "zip" in tasks  # zip: 4 classes, still a task
     assert set(tasks) == {"future_Kitchen", "future_Garden", "gender", "zip"}
-    assert ds.meta["prep_report"] == {"items_without_title": 2, "items_not_in_items_table": 1}
+    report = ds.meta["prep_report"]
+    assert report["items_without_title"] == 2 and report["items_not_in_items_table"] == 1
+    assert report["rows"] == report["behaviors"] == 8 and report["time_format"] == "ISO 8601 text"
 
 
 def test_parquet_log_int_ids_and_unix_seconds(tmp_path):
     log = pd.DataFrame({"u": [7, 7, 3], "i": [100, 200, 100], "t": [1_600_000_000, 1_500_000_000, 1_550_000_000],
-                        "title": ["a b", "c d", "a b"]})
+                        "title": ["a b", "c d", "a b"], "genre": [None, "Jazz", None]})
     log.to_parquet(tmp_path / "log.parquet", index=False)
     out = prepare(tmp_path / "log.parquet", tmp_path / "ds", user_col="u", item_col="i", time_col="t",
-                  title_col="title", history_end="2018-01-01", label_end="2021-01-01", chunk_size=2)
+                  title_col="title", category_col="genre", history_end="2018-01-01", label_end="2021-01-01",
+                  chunk_size=2)
     ds = validate(out)
     assert pd.read_parquet(out / "id_map_users.parquet")["key"].tolist() == [7, 3]  # int keys stay int
     assert ds.behaviors["ts"].tolist() == [1_500_000_000, 1_600_000_000, 1_550_000_000]
-    assert ds.items["category"].tolist() == ["unknown", "unknown"] and ds.tasks == []
+    assert ds.items["category"].tolist() == ["unknown", "Jazz"]  # first row of an item wins
+    assert ds.tasks == [{"name": "future_Jazz", "kind": "binary", "rule": {"future_category": "Jazz"}}]
 
 
 @pytest.mark.parametrize("bad,words", [
-    ({"when": "yesterday"}, ["log.csv", "'when'", "unparseable time", "data row 2", "yesterday"]),
-    ({"uid": None}, ["log.csv", "'uid'", "empty", "data row 2"]),
+    ({"when": "yesterday"}, ["log.csv", "3 of 4 data rows are malformed", "data row 1", "'when'", "yesterday",
+                             "ISO 8601"]),
+    ({"uid": None}, ["log.csv", "3 of 4 data rows are malformed", "data row 1", "'uid' is empty"]),
 ])
-def test_errors_name_file_column_row(tmp_path, bad, words):
-    log = pd.DataFrame({"uid": ["a", "b", "c"], "sku": ["x", "y", "z"], "when": ["2020-01-01"] * 3})
+def test_mostly_malformed_log_is_an_error_naming_file_column_row(tmp_path, bad, words):
+    log = pd.DataFrame({"uid": ["a", "b", "c", "d"], "sku": ["x", "y", "z", "x"], "when": ["2020-01-01"] * 4})
     for col, value in bad.items():
-        log.loc[2, col] = value
+        log.loc[1:3, col] = value
     log.to_csv(tmp_path / "log.csv", index=False)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(DatasetError) as info:
         prepare(tmp_path / "log.csv", tmp_path / "ds", user_col="uid", item_col="sku", time_col="when")
     for word in words:
         assert word in str(info.value)
+    assert not (tmp_path / "ds").exists()
 
 
 def test_missing_column_and_milliseconds(tmp_path):
-    pd.DataFrame({"uid": [1], "sku": [2], "when": [1_600_000_000_000]}).to_csv(tmp_path / "log.csv", index=False)
-    with pytest.raises(ValueError, match=r"log.csv: missing column 'time' \(columns: uid, sku, when\)"):
+    pd.DataFrame({"uid": [1, 1], "sku": [2, 3], "when": [1_600_000_000_000, 1_600_200_000_999],
+                  "cat": ["A", "A"]}).to_csv(
+        tmp_path / "log.csv", index=False)
+    with pytest.raises(DatasetError, match=r"log.csv: missing column 'time' \(columns: uid, sku, when, cat; read with "
+                                           r"separator ','"):
         prepare(tmp_path / "log.csv", tmp_path / "ds", user_col="uid", item_col="sku", time_col="time")
-    with pytest.raises(ValueError, match="'when' looks like milliseconds.*data row 0"):
-        prepare(tmp_path / "log.csv", tmp_path / "ds", user_col="uid", item_col="sku", time_col="when")
+    ds = validate(prepare(tmp_path / "log.csv", tmp_path / "ds", user_col="uid", item_col="sku", time_col="when",
+                          category_col="cat", history_end="2020-09-15"))
+    assert ds.behaviors["ts"].tolist() == [1_600_000_000, 1_600_200_000]
+    assert ds.meta["prep_report"]["time_format"] == "unix milliseconds"
