@@ -382,10 +382,12 @@ def run_folder_lock(root: str | os.PathLike, log=print) -> Iterator[bool]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            yield False
-            return
-        raise
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = None
+    if fd is None:
+        yield False
+        return
     locked = False
     try:
         try:

@@ -32,6 +32,7 @@ FAKE_CHAIN = {
                  'write("items.json", read("text.json")["words"] * config.epochs)\n'
                  'write("02_items.json", {"epochs": config.epochs})'),
     "03_interests": ('RUN_DIR = "."  # run folder\nKMEANS_ITERATIONS = None  # iterations',
+                     'assert KMEANS_ITERATIONS != -1, "killed"\n'
                      'write("interests.json", len(read("items.json")) * (KMEANS_ITERATIONS or 1))\n'
                      'write("03_interests.json", {})'),
     "04_smen": ('RUN_DIR = "."  # run folder\nSCALE = "tiny"  # scale\nEPOCHS = None  # epochs',
@@ -92,6 +93,16 @@ def test_a_stage_reruns_alone_when_an_earlier_stage_changed_its_outputs(fake):
     assert "KMEANS_ITERATIONS 5 -> None" in reasons["03_interests"]
     assert reasons["01_data"] == reasons["02_items"] == "skipped" and "03_interests" in reasons["04_smen"]
     assert runs.load_json(run.root / "model.json")["interests"] == 3
+
+
+def test_a_failed_stage_leaves_no_stamp_and_runs_again_next_time(fake):
+    assert _run(fake, only=["01", "02"]) == {"01_data": "ran", "02_items": "ran"}
+    with pytest.raises(chain.StageFailed, match="03_interests failed: AssertionError: killed"):
+        _run(fake, extra={"KMEANS_ITERATIONS": -1})
+    assert not (fake[2] / "notebooks" / "03_interests.stamp.json").exists()
+    reasons = _reasons(fake)
+    assert reasons["01_data"] == reasons["02_items"] == "skipped"
+    assert reasons["03_interests"] == "no stamp of a complete run" and reasons["04_smen"] != "skipped"
 
 
 def test_hand_edited_outputs_and_a_changed_dataset_rerun_what_read_them(fake):
