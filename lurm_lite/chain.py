@@ -37,6 +37,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 import types
@@ -409,7 +410,8 @@ def run_chain(
     common["RUN_DIR"] = str(run.root)
     summary: dict[str, Any] = {"run_dir": str(run.root), "stages": {}}
     try:
-        with runs.run_folder_lock(run.root, log=log) as writable:
+        with runs.run_folder_lock(run.root, log=log) as locked:
+            writable = locked and os.access(run.root, os.W_OK)  # a lock file may outlive write access
             _run_stages(run, chain, notebooks, declared, {**common, **extra}, force, writable, summary, log)
     except runs.RunFolderBusy as exc:
         raise ChainError(str(exc)) from None

@@ -139,12 +139,19 @@ def test_stamps_are_relative_so_a_copied_run_folder_skips_its_complete_stages(fa
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(os, "open", read_only)
+    real_access = os.access
+
+    def no_write_access(path, mode, *args, **kwargs):  # a lock file left writable in a read-only folder
+        return False if Path(path) == copy and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
     files = runs.list_files(copy)
-    assert _run(fake, run_dir=copy) == ALL_SKIPPED
-    assert runs.list_files(copy) == files, "a run with nothing to do wrote to the run folder"
-    with pytest.raises(chain.ChainError, match=r"is not writable and 04_smen must run \(parameters changed"):
-        _run(fake, run_dir=copy, extra={"EPOCHS": 2})
+    for name, replacement in (("open", read_only), ("access", no_write_access)):
+        with monkeypatch.context() as patch:
+            patch.setattr(os, name, replacement)
+            assert _run(fake, run_dir=copy) == ALL_SKIPPED
+            assert runs.list_files(copy) == files, "a run with nothing to do wrote to the run folder"
+            with pytest.raises(chain.ChainError, match=r"is not writable and 04_smen must run \(parameters changed"):
+                _run(fake, run_dir=copy, extra={"EPOCHS": 2})
 
 
 def test_a_second_run_on_a_locked_run_folder_stops_at_once_naming_the_holder(fake):
