@@ -21,8 +21,12 @@ Rules a user can rely on:
   alone with other parameters makes a later ``--only 04`` run 04 again. ``--force`` reruns
   every selected stage. A killed run resumes at the first incomplete stage (artifacts are
   written atomically and a stage's stamp is removed before it runs).
+- A stage's outputs are the files of the run folder it created or modified (the
+  executed notebooks and ``chain.json`` aside); each file has one writer. A stage that
+  reruns and writes the same bytes again leaves the stages after it skipped.
 - Stamps record paths relative to the run folder (``RUN_DIR`` is ``"."``), so a copied
-  run folder skips its complete stages (hashes are checked again when mtimes differ).
+  run folder skips its complete stages (files whose size or mtime differ from the stamp
+  are hashed again, and the stamp then records the new mtimes).
 - One run at a time per run folder (:func:`lurm_lite.runs.run_folder_lock`); a second
   one stops at once, naming the holder. A run folder that is not writable is still
   checked: a run with nothing to do succeeds; one that must run a stage stops with a
@@ -303,8 +307,12 @@ def _changed(recorded: dict[str, dict], current: dict[str, dict]) -> list[str]:
 
 
 def _why_run(run: RunPaths, stem: str, stamp: dict | None, params: dict, inputs: dict,
-             dataset: dict | None) -> str | None:
-    """Why stage ``stem`` must run, in words; None when it is complete and up to date."""
+             dataset: dict | None, outputs: dict) -> str | None:
+    """Why stage ``stem`` must run, in words; None when it is complete and up to date.
+
+    ``dataset`` and ``outputs`` are the current fingerprints of the files its stamp lists
+    (``dataset`` None for a stage that does not take ``DATASET``).
+    """
     if stamp is None:
         return "no stamp of a complete run"
     if not run.stage_json(stem).exists():
@@ -318,7 +326,6 @@ def _why_run(run: RunPaths, stem: str, stamp: dict | None, params: dict, inputs:
         return f"the dataset changed: {', '.join(changed[:3])}"
     if changed := [s for s in sorted(set(stamp["inputs"]) | set(inputs)) if stamp["inputs"].get(s) != inputs.get(s)]:
         return f"the outputs of {', '.join(changed)} changed since it ran"
-    outputs = runs.fingerprint_files(run.root, stamp["outputs"], stamp["outputs"])
     if changed := _changed(stamp["outputs"], outputs):
         return f"its output {', '.join(changed[:3])} changed or is missing"
     return None
@@ -441,10 +448,14 @@ def _run_stages(run: RunPaths, chain: list[Path], notebooks: list[Path], declare
         takes_dataset = "DATASET" in declared[nb.stem]
         stamp = _read_stamp(run, nb.stem)
         dataset = _dataset_files(run, stamp["dataset"] if stamp else {}) if takes_dataset else None
-        reason = "--force" if force else _why_run(run, nb.stem, stamp, recorded, inputs, dataset)
+        outputs = runs.fingerprint_files(run.root, stamp["outputs"], stamp["outputs"]) if stamp else {}
+        reason = "--force" if force else _why_run(run, nb.stem, stamp, recorded, inputs, dataset, outputs)
         if reason is None:
             log(f"[lurm_lite] {nb.stem}: complete, skipped (use --force to rerun)")
             summary["stages"][nb.stem] = {"status": "skipped"}
+            if writable and (outputs != stamp["outputs"] or (dataset or {}) != stamp["dataset"]):
+                # same content, new mtimes (a copied folder): record them, so they are not hashed again
+                save_json(_stamp_path(run, nb.stem), {**stamp, "outputs": outputs, "dataset": dataset or {}})
             continue
         if not writable:
             raise ChainError(f"run folder {run.root} is not writable and {nb.stem} must run ({reason}); "
@@ -452,7 +463,6 @@ def _run_stages(run: RunPaths, chain: list[Path], notebooks: list[Path], declare
         log(f"[lurm_lite] {nb.stem}: running ({reason}) with {params}")
         start = time.perf_counter()
         _stamp_path(run, nb.stem).unlink(missing_ok=True)
-        digests.pop(nb.stem, None)
         before = runs.list_files(run.root, skip=CHAIN_FILES)
         executed = run.notebooks / nb.name
         try:

@@ -130,6 +130,8 @@ def test_stamps_are_relative_so_a_copied_run_folder_skips_its_complete_stages(fa
     copy = run_dir.parent / "copy"
     shutil.copytree(run_dir, copy, copy_function=shutil.copy)  # new mtimes: contents are hashed again
     assert _run(fake, run_dir=copy) == ALL_SKIPPED
+    copied = runs.load_json(copy / "notebooks" / "04_smen.stamp.json")["outputs"]["model.json"]
+    assert copied["mtime_ns"] == (copy / "model.json").stat().st_mtime_ns, "new mtimes not recorded"
 
     # a read-only copy with nothing to do is a no-op; with something to do, a clear error
     real_open = os.open
