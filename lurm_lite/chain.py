@@ -114,10 +114,11 @@ def parameter_types(notebook: Path) -> dict[str, tuple[type, ...]]:
     """The types each ``parameters`` name of ``notebook`` accepts, where they are known.
 
     A name with a literal default takes values of its type (an integer for ``SEED = 0``, a
-    number for ``TAU = 0.1``, True or False for a bool, text for text). A name whose default is None takes None or the type
-    of the config field it overrides, found in the notebook's code as
-    ``with_overrides(<config>.<section>, <field>=NAME)`` (e.g. ``EPOCHS`` -> ``user_training
-    .epochs``: int). Names of neither kind (lists, free values) are not checked.
+    number for ``TAU = 0.1``, True or False for a bool, text for text). A name whose default
+    is None takes None or the type of the config field it overrides, found in the
+    notebook's code as ``with_overrides(<config>.<section>, <field>=NAME)`` (e.g.
+    ``EPOCHS`` -> ``user_training.epochs``: int). Names of neither kind (lists, free
+    values) are not checked.
     """
     declared = declared_parameters(notebook)
     accepted_by_name: dict[str, tuple[type, ...]] = {}

@@ -130,7 +130,8 @@ def test_fingerprint_reuses_a_known_hash_only_while_size_and_mtime_match(tmp_pat
     assert runs.fingerprint_files(tmp_path, ["sub/a.bin"], fake)["sub/a.bin"]["sha256"] == "recorded"
     (tmp_path / "sub" / "a.bin").write_bytes(b"abd")
     os.utime(tmp_path / "sub" / "a.bin", ns=(1, 1))
-    assert runs.fingerprint_files(tmp_path, ["sub/a.bin"], fake)["sub/a.bin"]["sha256"] == hashlib.sha256(b"abd").hexdigest()
+    changed = runs.fingerprint_files(tmp_path, ["sub/a.bin"], fake)["sub/a.bin"]["sha256"]
+    assert changed == hashlib.sha256(b"abd").hexdigest()
     assert runs.fingerprint_files(tmp_path, ["gone.npy"]) == {"gone.npy": {"missing": True}}
 
 
