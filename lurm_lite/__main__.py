@@ -4,6 +4,12 @@ Example::
 
     python -m lurm_lite run --dataset synthetic --scale default --run-dir runs/demo
     python -m lurm_lite run --dataset movielens --scale tiny --run-dir runs/ml -p EPOCHS 2
+
+A rerun skips every stage whose parameters, inputs and outputs are unchanged and says why
+it runs the others (see lurm_lite.chain). One run at a time per run folder. Exit status:
+0 done, 1 a notebook failed (the message names its executed copy), 2 a bad request
+(unknown or mistyped -p, a run dir that is a file, a run folder in use or read-only),
+reported in one line before anything runs.
 """
 
 from __future__ import annotations

@@ -5,15 +5,26 @@ writes its own there (DESIGN.md, "Data flow through the notebooks"). The file na
 in :class:`RunPaths` only, so a notebook, the test suite and the ``run`` command agree on
 them. Every write goes to a temporary file in the same folder followed by ``os.replace``,
 so a killed run never leaves a half-written artifact behind: a file either is complete or
-is absent, and the stage that owns it can simply run again.
+is absent, and the stage that owns it can simply run again. Artifacts get the modes of an
+ordinary file under the process umask (0644 with the usual 022), so a shared run folder is
+readable by the team.
+
+:func:`file_sha256` and :func:`fingerprint_files` are what stage stamps are made of (the
+content of what a stage wrote, :mod:`lurm_lite.chain`), and :func:`run_folder_lock` keeps
+two runs from writing one run folder at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import random
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +35,10 @@ import numpy as np
 
 class MissingPrerequisite(FileNotFoundError):
     """An artifact of an earlier notebook is absent from the run folder."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder's lock."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,9 +138,23 @@ class RunPaths:
         return self.figures / f"{name}.png"
 
     def dataset_dir(self) -> Path:
-        """The dataset folder this run uses, as recorded by notebook 01_data."""
+        """The dataset folder this run uses, as recorded by notebook 01_data.
+
+        A relative record (see :meth:`relative`) is taken from the run folder, so a copied
+        run folder uses its own copy of the dataset.
+        """
         self.require(self.stage_json("01_data"), notebook="01_data")
-        return Path(load_json(self.stage_json("01_data"))["dataset_dir"])
+        return self.root / load_json(self.stage_json("01_data"))["dataset_dir"]
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the run folder when it lies inside it, else absolute.
+
+        What a run folder should record about its own files, so that it can be copied.
+        """
+        path = Path(path).resolve()
+        with contextlib.suppress(ValueError):
+            return path.relative_to(self.root.resolve()).as_posix()
+        return str(path)
 
     def make(self) -> "RunPaths":
         """Create the run folder and its sub-folders; returns ``self``."""
@@ -163,6 +192,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide shared artifacts
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -171,6 +201,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore, the only portable way to read it
+    os.umask(mask)
+    return mask
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -209,6 +250,31 @@ def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
+class UnsafeArtifact(ValueError):
+    """A torch file holds more than tensors and plain data, so it is not opened."""
+
+
+def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain data only.
+
+    Opening a shared run folder must not run code, and a full unpickler would run whatever
+    a ``.pt`` file asks it to. A file that holds other objects (written by an older
+    lurm_lite, or crafted) raises :class:`UnsafeArtifact` naming the file.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:200]
+        raise UnsafeArtifact(
+            f"{path} holds objects other than tensors and plain data, so it is not opened "
+            f"(torch: {reason}); rerun the stage that writes it (e.g. --force) to rewrite it"
+        ) from None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -217,6 +283,137 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+# ---------------------------------------------------------------------------------------
+# Content fingerprints (stage stamps)
+# ---------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, streamed (bounded memory for GB-sized artifacts)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def list_files(folder: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
+    """``{relative posix path: (size, mtime_ns)}`` of the files under ``folder``.
+
+    Hidden names (temporary files of :func:`atomic_path`, the lock) and the top-level
+    entries named in ``skip`` are left out.
+    """
+    folder = Path(folder)
+    found: dict[str, tuple[int, int]] = {}
+    if not folder.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel_dir = Path(dirpath).relative_to(folder)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (rel_dir == Path(".") and d in skip))
+        for name in sorted(filenames):
+            if name.startswith(".") or (rel_dir == Path(".") and name in skip):
+                continue
+            stat = (Path(dirpath) / name).stat()
+            found[(rel_dir / name).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def fingerprint_files(folder: str | os.PathLike, names: list[str] | dict[str, tuple[int, int]],
+                      known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """``{name: {"size", "mtime_ns", "sha256"}}`` of files named relative to ``folder``.
+
+    A file whose size and modification time equal those in ``known`` (an earlier
+    fingerprint) keeps its recorded hash instead of being read again; any other is hashed.
+    A missing file gets ``{"missing": True}``.
+    """
+    folder, known = Path(folder), known or {}
+    prints: dict[str, dict] = {}
+    for name in names:
+        path = folder / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            prints[name] = {"missing": True}
+            continue
+        seen = known.get(name, {})
+        if seen.get("size") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns and "sha256" in seen:
+            sha = seen["sha256"]
+        else:
+            sha = file_sha256(path)
+        prints[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
+    return prints
+
+
+# ---------------------------------------------------------------------------------------
+# Run folder lock
+# ---------------------------------------------------------------------------------------
+
+LOCK_NAME = ".lurm_lite.lock"
+
+
+def _describe_holder(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
+            f"(started {holder.get('started', '?')})")
+
+
+def _read_holder(fd: int) -> dict:
+    raw = os.pread(fd, 4096, 0)
+    try:
+        holder = json.loads(raw.decode()) if raw.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        holder = {"pid": "?", "host": "?", "started": "? (unreadable lock file)"}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def run_folder_lock(root: str | os.PathLike, log=print) -> Iterator[bool]:
+    """Hold the exclusive lock of run folder ``root`` for the ``with`` block.
+
+    The lock is an ``fcntl.flock`` on ``root/.lurm_lite.lock``, so the kernel releases it
+    when its holder dies, however it dies; the file records who holds it (pid, host, start
+    time) for the message a second run gets. A second run raises :class:`RunFolderBusy`
+    at once instead of waiting. A record left by a holder that died without unlocking is
+    reported and taken over.
+
+    Yields ``True`` when the lock is held, ``False`` when the folder is not writable (no
+    lock is needed to read it; the caller must then not write).
+    """
+    path = Path(root) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = None
+    if fd is None:
+        yield False
+        return
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            raise RunFolderBusy(
+                f"run folder {root} is in use by another run: {_describe_holder(holder)}. "
+                f"Wait for it to finish (or stop it: kill {holder.get('pid', '<pid>')}), "
+                "or pass another --run-dir."
+            ) from None
+        locked = True
+        stale = _read_holder(fd)
+        if stale:
+            log(f"[lurm_lite] taking over the lock of run folder {root} left by {_describe_holder(stale)}, "
+                "which is no longer running")
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield True
+    finally:
+        if locked:
+            os.ftruncate(fd, 0)  # an empty record: released cleanly, nothing stale to report
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------

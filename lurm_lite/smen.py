@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lurm_lite.boi import BoISequences
-from lurm_lite.runs import save_torch
+from lurm_lite.runs import load_torch, save_torch
 
 # ---------------------------------------------------------------------------------------
 # 1. The input: a batch of BoI sequences of one granularity as flat tensors
@@ -363,13 +363,21 @@ class SMEN(nn.Module):
 
 
 def save_smen(path: str | Path, model: SMEN) -> Path:
-    """Write a trained SMEN (constructor arguments + weights) atomically."""
+    """Write a trained SMEN (constructor arguments as plain data + weights) atomically.
+
+    Only tensors and plain data (numbers, strings, tuples, dicts) go in, so :func:`load_smen` reads it
+    with ``weights_only=True``.
+    """
     return save_torch(path, {"kwargs": model.init_kwargs(), "state_dict": model.state_dict()})
 
 
 def load_smen(path: str | Path, device: torch.device | str = "cpu") -> SMEN:
-    """Read a model written by ``save_smen``, in eval mode on ``device``."""
-    saved = torch.load(path, map_location=device, weights_only=False)
+    """Read a model written by ``save_smen``, in eval mode on ``device``.
+
+    Loaded with ``weights_only=True`` (:func:`lurm_lite.runs.load_torch`): a file holding
+    other Python objects raises :class:`lurm_lite.runs.UnsafeArtifact` instead of running them.
+    """
+    saved = load_torch(path, map_location=device)
     model = SMEN(**saved["kwargs"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import random
 from pathlib import Path
 from typing import Callable, Iterator
@@ -268,8 +269,48 @@ class PairSampler:
 # ---------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------
+# The resume checkpoint: plain data only, resumed only when written from the same inputs
+# ---------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 2  # 2: plain-data RNG states and the input fingerprint (weights_only loads)
+_NOT_TRAINING = ("epochs", "encode_batch_size")  # fields that do not change what an epoch computes
+
+
+def boi_fingerprint(boi: dict[str, BoISequences], scales: tuple[str, ...]) -> str:
+    """SHA-256 over every array of the BoI ``scales`` (what a SMEN trained on them learned from).
+
+    All bytes are hashed, not a sample: the hash streams at about 1 GB/s, far below what one
+    training epoch over the same arrays costs, and a sample could miss a changed interest.
+    """
+    digest = hashlib.sha256()
+    for granularity in scales:
+        seqs = boi[granularity]
+        matrix = seqs.matrix.tocsr()
+        digest.update(f"{granularity}:{matrix.shape}".encode())
+        for array in (matrix.indptr, matrix.indices, matrix.data, seqs.user_ids, seqs.user_ptr, seqs.period):
+            array = np.ascontiguousarray(array)
+            digest.update(str(array.dtype).encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def _plain(value):
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
+
+
 def _rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch RNG states as plain data (lists, ints, tensors)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -277,10 +318,58 @@ def _rng_states() -> dict:
 
 def _set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    numpy_state = {**states["numpy"], "state": {**states["numpy"]["state"]}}
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _checkpoint_inputs(boi: dict[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
+                       seed: int) -> dict:
+    """What a checkpoint must have been written from to be resumed (plain data)."""
+    training = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in _NOT_TRAINING}
+    return {"format": CHECKPOINT_FORMAT, "smen_config": dataclasses.asdict(smen_config), "training": training,
+            "seed": int(seed), "boi": boi_fingerprint(boi, smen_config.scales)}
+
+
+def _changed_fields(saved: dict, wanted: dict) -> str:
+    return ", ".join(f"{k} {saved.get(k)!r} -> {wanted.get(k)!r}"
+                     for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k))
+
+
+def _why_not_resume(ckpt: dict, inputs: dict, epochs: int) -> str | None:
+    """Why the checkpoint ``ckpt`` must not be resumed for ``inputs`` and ``epochs`` (None: resume)."""
+    saved = ckpt.get("inputs")
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        return "it was written by an older lurm_lite, without a record of its inputs"
+    if saved["boi"] != inputs["boi"]:
+        return "its BoI input differs (notebook 03 was rerun or the dataset changed)"
+    if saved["seed"] != inputs["seed"]:
+        return f"it was trained with seed {saved['seed']}, not {inputs['seed']}"
+    if saved["smen_config"] != inputs["smen_config"]:
+        return f"its SMEN config differs ({_changed_fields(saved['smen_config'], inputs['smen_config'])})"
+    if saved["training"] != inputs["training"]:
+        return f"its training config differs ({_changed_fields(saved['training'], inputs['training'])})"
+    if ckpt["epoch"] > epochs:
+        return f"it has trained {ckpt['epoch']} epochs, more than the {epochs} asked for"
+    return None
+
+
+def _load_resumable(checkpoint_path: Path, inputs: dict, epochs: int, device: torch.device) -> dict | None:
+    """The checkpoint at ``checkpoint_path`` when it may be resumed, else None with a printed reason."""
+    try:
+        ckpt = runs.load_torch(checkpoint_path, map_location=device)
+        reason = _why_not_resume(ckpt, inputs, epochs) if isinstance(ckpt, dict) else "it is not a checkpoint"
+    except runs.UnsafeArtifact:
+        reason = "it holds objects other than tensors and plain data (an older lurm_lite's format)"
+    except (RuntimeError, EOFError, KeyError, OSError) as exc:
+        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+    if reason is None:
+        return ckpt
+    print(f"[lurm_lite] not resuming {checkpoint_path}: {reason}; training from scratch")
+    return None
 
 
 def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
@@ -298,8 +387,15 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
         boi: ``{granularity: BoISequences}`` holding every scale of ``smen_config.scales``.
         device: passed to ``runs.device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
         checkpoint_path: written atomically after every epoch (model, optimizers, RNG states,
-            epoch, loss history). With ``resume`` an existing one is continued; it must come
-            from the same ``smen_config`` and ``seed``.
+            epoch, loss history, and what it was trained from: both configs, the seed and
+            :func:`boi_fingerprint`), as plain data that loads with ``weights_only=True``.
+            With ``resume`` an existing one is continued when it was written from the same
+            BoI, seed, SMEN config and training config (``epochs`` and
+            ``encode_batch_size`` aside) and has trained at most ``train_config.epochs``
+            epochs: with more epochs asked for, training continues from it (the same as an
+            uninterrupted run, see above); a model trained longer than asked is not
+            reused. Otherwise a line says why, and training starts from scratch (the
+            checkpoint is overwritten after the first epoch).
         on_epoch_end: called as ``on_epoch_end(epoch, model)`` after every epoch (model in
             eval mode for the call, train mode restored after); a returned dict is kept in
             ``history["eval"]`` with the epoch and the number of steps so far (learning
@@ -317,16 +413,14 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
     optimizers = adam_optimizers(model.dense_parameters(), model.sparse_parameters(), train_config.lr)
     history: dict[str, list] = {"step": [], "epoch": [], "eval": []}
     first_epoch = 0
-    if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-        ckpt = torch.load(checkpoint_path, map_location=dev, weights_only=False)
-        if ckpt["smen_config"] != dataclasses.asdict(smen_config) or ckpt["seed"] != seed:
-            raise ValueError(f"{checkpoint_path} was written with another SMEN config or seed; "
-                             "delete it or pass resume=False")
+    inputs = _checkpoint_inputs(boi, smen_config, train_config, seed) if checkpoint_path is not None else None
+    ckpt = (_load_resumable(Path(checkpoint_path), inputs, train_config.epochs, dev)
+            if checkpoint_path is not None and resume and Path(checkpoint_path).exists() else None)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         for optimizer, state in zip(optimizers, ckpt["optimizers"]):
             optimizer.load_state_dict(state)
         history, first_epoch = ckpt["history"], ckpt["epoch"]
-        history.setdefault("eval", [])
         _set_rng_states(ckpt["rng"])
 
     sampler = PairSampler(boi, smen_config.scales, train_config)
@@ -364,8 +458,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
             runs.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-                "history": history, "rng": _rng_states(),
-                "smen_config": dataclasses.asdict(smen_config), "seed": seed,
+                "history": _plain(history), "rng": _rng_states(), "inputs": inputs,
             })
     bar.close()
     return model.eval(), history

@@ -1,6 +1,15 @@
-"""Run-folder helpers: atomic writes, the missing-prerequisite message, seeds, device."""
+"""Run-folder helpers: atomic writes and their modes, weights-only torch loads, content
+fingerprints, the run-folder lock, the missing-prerequisite message, seeds, device."""
 
+import errno
+import hashlib
 import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +81,107 @@ def test_scales_and_overrides():
         with_overrides(tiny.item, not_a_field=1)
     with pytest.raises(ValueError, match="Unknown scale"):
         for_scale("huge")
+
+
+def test_artifacts_get_the_umask_modes_not_mkstemps_0600(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        runs.save_json(tmp_path / "a.json", {"x": 1})
+        runs.save_npy(tmp_path / "b.npy", np.zeros(2))
+        os.umask(0o027)
+        runs.save_torch(tmp_path / "c.pt", {"w": torch.ones(1)})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o640
+
+
+def test_load_torch_reads_plain_data_and_refuses_a_pickled_object(tmp_path):
+    runs.save_torch(tmp_path / "ok.pt", {"w": torch.ones(2), "kwargs": {"scales": ("month",), "n": 3}})
+    assert runs.load_torch(tmp_path / "ok.pt")["kwargs"] == {"scales": ("month",), "n": 3}
+    marker = tmp_path / "code_ran"
+    torch.save({"w": torch.ones(2), "x": _Touches(marker)}, tmp_path / "bad.pt")
+    with pytest.raises(runs.UnsafeArtifact, match=r"bad\.pt holds objects other than tensors"):
+        runs.load_torch(tmp_path / "bad.pt")
+    assert not marker.exists()
+
+
+class _Touches:
+    """Unpickling this creates ``marker``: code a crafted file would run under a full unpickler."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_fingerprint_reuses_a_known_hash_only_while_size_and_mtime_match(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.bin").write_bytes(b"abc")
+    (tmp_path / ".hidden.tmp").write_bytes(b"x")
+    (tmp_path / "skipped.json").write_text("{}")
+    listed = runs.list_files(tmp_path, skip=("skipped.json",))
+    assert list(listed) == ["sub/a.bin"]
+    first = runs.fingerprint_files(tmp_path, listed)
+    assert first["sub/a.bin"]["sha256"] == hashlib.sha256(b"abc").hexdigest()
+    fake = {"sub/a.bin": {**first["sub/a.bin"], "sha256": "recorded"}}
+    assert runs.fingerprint_files(tmp_path, ["sub/a.bin"], fake)["sub/a.bin"]["sha256"] == "recorded"
+    (tmp_path / "sub" / "a.bin").write_bytes(b"abd")
+    os.utime(tmp_path / "sub" / "a.bin", ns=(1, 1))
+    changed = runs.fingerprint_files(tmp_path, ["sub/a.bin"], fake)["sub/a.bin"]["sha256"]
+    assert changed == hashlib.sha256(b"abd").hexdigest()
+    assert runs.fingerprint_files(tmp_path, ["gone.npy"]) == {"gone.npy": {"missing": True}}
+
+
+def test_a_second_holder_of_the_run_folder_lock_is_told_who_holds_it(tmp_path):
+    with runs.run_folder_lock(tmp_path, log=lambda _: None) as held:
+        assert held
+        with pytest.raises(runs.RunFolderBusy) as err:
+            with runs.run_folder_lock(tmp_path, log=lambda _: None):
+                pass
+    message = str(err.value)
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in message and "started" in message
+    with runs.run_folder_lock(tmp_path, log=lambda _: None):  # released after the block
+        pass
+
+
+def test_the_lock_is_refused_across_processes_and_freed_when_its_holder_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from lurm_lite import runs\n"
+        f"with runs.run_folder_lock({str(tmp_path)!r}):\n"
+        "    print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.RunFolderBusy, match=f"pid {holder.pid} on host"):
+            with runs.run_folder_lock(tmp_path, log=lambda _: None):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    said = []
+    with runs.run_folder_lock(tmp_path, log=said.append):  # killed holder: its record is stale
+        pass
+    assert len(said) == 1 and f"left by pid {holder.pid}" in said[0] and "no longer running" in said[0]
+
+
+def test_an_unwritable_run_folder_is_read_without_the_lock(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only_open(path, flags, *args):
+        if str(path).endswith(runs.LOCK_NAME):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    with runs.run_folder_lock(tmp_path) as held:
+        assert held is False
+
+
+def test_dataset_dir_recorded_relative_is_read_from_the_run_folder(tmp_path):
+    run = runs.RunPaths(tmp_path / "copy").make()
+    runs.save_json(run.stage_json("01_data"), {"dataset_dir": run.relative(run.dataset)})
+    assert runs.load_json(run.stage_json("01_data"))["dataset_dir"] == "dataset"
+    assert run.dataset_dir() == run.root / "dataset"
+    assert run.relative(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())
