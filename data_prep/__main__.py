@@ -35,12 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--cache", default=None, help="download cache (default $LURM_LITE_CACHE or ~/.cache/lurm_lite)")
 
-    p = sub.add_parser("amazon", help="Amazon review data 2018 raw files (reviews + meta)")
+    p = sub.add_parser("amazon", help="Amazon review data raw files, 2014, 2018 or 2023 release (reviews + meta)")
     p.add_argument("--reviews", nargs="+", required=True, help="<Category>.json(.gz) or <Category>_5.json(.gz) files")
     p.add_argument("--meta", nargs="+", required=True, help="meta_<Category>.json(.gz) files")
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--history-end", default="2018-01-01", help="end of the history window (YYYY-MM-DD, exclusive)")
-    p.add_argument("--label-end", default="2018-11-01", help="end of the label window (YYYY-MM-DD, exclusive)")
+    p.add_argument("--history-end", default=None,
+                   help="end of the history window (YYYY-MM-DD, exclusive; default: 10 months before --label-end, "
+                        "2018-01-01 on the 2018 release)")
+    p.add_argument("--label-end", default=None,
+                   help="end of the label window (YYYY-MM-DD, exclusive; default: the month after the last review)")
     p.add_argument("--target-category", nargs="+", default=None,
                    help="categories of the future_<cat> tasks (default: the 4 most frequent)")
 

@@ -83,7 +83,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.schema import DAY_SECONDS, DatasetError, date_to_ts, format_summary, ts_to_date, write_dataset
-from lurm_lite.runs import atomic_path
 
 MAX_PROFILE_CLASSES = 50
 N_CATEGORY_TASKS = 3
@@ -610,10 +609,8 @@ def prepare(behaviors: str | Path, out: str | Path, *, user_col: str, item_col: 
                      "in the label window)." if tasks[0]["name"] == CHURN_TASK["name"] else "")),
     }
     behaviors_frame = pd.DataFrame({"user_id": user, "item_id": item, "ts": ts})
-    dataset = write_dataset(out, item_frame, behaviors_frame, user_frame, meta)
-    for name, frame in (("id_map_users.parquet", user_keys), ("id_map_items.parquet", item_keys)):
-        with atomic_path(out / name) as tmp:
-            frame.to_parquet(tmp, index=False)
+    dataset = write_dataset(out, item_frame, behaviors_frame, user_frame, meta,
+                            extras={"id_map_users.parquet": user_keys, "id_map_items.parquet": item_keys})
     if not quiet:
         print(format_summary(dataset.meta["summary"]))
     return out

@@ -38,7 +38,7 @@ from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.config import ClusteringConfig, DownstreamConfig, SMENConfig, UserTrainingConfig
 from lurm_lite.runs import save_npz
 from lurm_lite.smen import SMEN
-from lurm_lite.user_training import encode_users, period_start_ts, train_smen
+from lurm_lite.user_training import boi_fingerprint, encode_users, period_start_ts, train_smen
 
 # Fig. 3's lengths in months: 2 months, 6 months, 1, 2, 3, 4, 5 years (then the whole life).
 PAPER_LENGTHS_MONTHS = (2, 6, 12, 24, 36, 48, 60)
@@ -241,11 +241,14 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
     ``reps`` is (len(user_ids), M*H) R^ over the whole history, rows in ``user_ids`` order;
     ``info`` holds the sizes, the first and last epoch loss and the training time. No resume
     checkpoint is written; instead, with ``cache_path`` the representations are saved there
-    (``.npz``) with a key of the configs, the seed and ``cache_key`` (e.g. D and the
-    assignment), and a later call with the same key loads them instead of training.
+    (``.npz``) with a key of the configs, the seed, ``cache_key`` (e.g. D and the
+    assignment) and a content hash of the BoI it trains on (``boi_fingerprint``: new
+    interests with the same D are another variant), and a later call with the same key
+    loads them instead of training.
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    key = _config_key(smen_config, train_config, seed, cache_key or {})
+    key = _config_key(smen_config, train_config, seed,
+                      {**(cache_key or {}), "boi": boi_fingerprint(dict(boi), smen_config.scales)})
     if cache_path is not None and Path(cache_path).exists():
         with np.load(cache_path, allow_pickle=False) as saved:
             if str(saved["key"]) == key and np.array_equal(saved["user_ids"], user_ids):

@@ -112,15 +112,23 @@ def boi_timeline(rows: np.ndarray, periods: Sequence[str], top: int = 25) -> mat
 
 
 def results_bars(results: Mapping, metric: str = "auc") -> matplotlib.figure.Figure:
-    """Bar plot of ``metric`` per task and method from a results.json mapping, with 95% CI."""
+    """Bar plot of ``metric`` per task and method from a results.json mapping, with 95% CI.
+
+    With no evaluated task (every task skipped as too small, see ``results["skipped"]``) the
+    figure says so instead of plotting.
+    """
     records = []
     for task, methods in results["tasks"].items():
         for method, m in methods.items():
             lo, hi = m.get("auc_ci95", [np.nan, np.nan])
             records.append({"task": task, "method": method, metric: 100 * m[metric],
                             "lo": 100 * lo, "hi": 100 * hi})
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame(records, columns=["task", "method", metric, "lo", "hi"])
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * frame.task.nunique()), 4))
+    if frame.empty:
+        ax.text(0.5, 0.5, "No task could be evaluated\n(results.json 'skipped' says why)", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     sns.barplot(frame, x="task", y=metric, hue="method", ax=ax)
     if metric == "auc":
         # Error bars from the bootstrap CI, drawn on the bars seaborn placed.

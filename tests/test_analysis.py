@@ -135,6 +135,10 @@ def test_train_variant_encodes_every_user_and_caches(tmp_path):
     again, info2 = analysis.train_variant(boi, smen_config, train_config, wanted, "cpu", 0, cache_path=cache,
                                           cache_key={"D": 12})
     assert info2["cached"] and np.array_equal(again, reps)
+    other_interests, _ = _toy_boi(seed=1)  # same D and configs, another BoI (e.g. k-means rerun)
+    _, info_other = analysis.train_variant(other_interests, smen_config, train_config, wanted, "cpu", 0,
+                                           cache_path=cache, cache_key={"D": 12})
+    assert not info_other["cached"]
     _, info3 = analysis.train_variant(boi, smen_config, train_config, wanted, "cpu", 1, cache_path=cache,
                                       cache_key={"D": 12})
     assert not info3["cached"]  # another seed is another variant
