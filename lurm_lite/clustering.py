@@ -228,7 +228,9 @@ def mean_cosine_to_centroid(embeddings: np.ndarray, centroids: np.ndarray, assig
 
 def cluster_report(assignment: np.ndarray | sp.spmatrix, n_interests: int) -> dict:
     """Sizes of the D interests: items per interest (summed weights for a soft assignment),
-    the empty interests, and the imbalance factor D * sum(size^2) / n^2 (1 = perfectly even)."""
+    the empty interests, the share of the items in the largest interest (near 1 when the item
+    embeddings hardly differ, e.g. items without text embedded by their titles alone), and the
+    imbalance factor D * sum(size^2) / n^2 (1 = perfectly even)."""
     if sp.issparse(assignment):
         sizes = np.asarray(assignment.sum(axis=0)).ravel()  # (D,) float
     else:
@@ -245,6 +247,7 @@ def cluster_report(assignment: np.ndarray | sp.spmatrix, n_interests: int) -> di
         "size_median": float(np.median(sizes)),
         "size_mean": float(sizes.mean()),
         "size_max": float(sizes.max()),
+        "largest_share": float(sizes.max() / n) if n else float("nan"),
         "imbalance": float(n_interests * np.square(sizes, dtype=np.float64).sum() / n**2) if n else float("nan"),
     }
 

@@ -103,6 +103,7 @@ def test_cluster_report_counts_sizes_and_empty_clusters():
     np.testing.assert_array_equal(report["sizes"], [2, 0, 3, 0, 1])
     assert report["n_empty"] == 2 and report["empty_clusters"].tolist() == [1, 3]
     assert report["size_max"] == 3 and report["n_items"] == 6
+    assert report["largest_share"] == pytest.approx(0.5)
     assert report["imbalance"] == pytest.approx(5 * (4 + 9 + 1) / 36)
     soft = assign_soft(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), top_k=1)
     np.testing.assert_allclose(cluster_report(soft, 3)["sizes"], [1, 1, 1])
