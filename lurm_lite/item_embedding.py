@@ -109,7 +109,8 @@ def use_item_ids(config: ItemEmbeddingConfig, tokens: np.ndarray) -> bool:
     or off (False); None (default) turns it on only when fewer than
     ``UNIQUE_TITLE_SHARE_FOR_TITLES_ONLY`` of the items have a title of their own
     (:func:`lurm_lite.text.unique_title_share`), so a titled catalogue keeps the paper's
-    encoder unchanged.
+    encoder unchanged. The path costs n_items x H parameters (and SparseAdam's two moments of
+    the rows a batch touches), fine for public catalogues of up to millions of items.
     """
     if config.item_ids is not None:
         return bool(config.item_ids)
@@ -221,7 +222,8 @@ def train_item_encoder(
             ``tokens`` + 1.
 
     Returns:
-        The trained encoder (in eval mode) and the loss of every mini-batch.
+        The trained encoder (in eval mode; ``encoder.items`` is the table V when the id path is
+        on, else None) and the loss of every mini-batch.
     """
     seed_everything(seed)
     rng = np.random.default_rng(seed)

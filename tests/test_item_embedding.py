@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from lurm_lite import clustering, text
-from lurm_lite.config import DAY_SECONDS, ClusteringConfig, ItemEmbeddingConfig, TextConfig, clustering_for_data
+from lurm_lite.config import (
+    DAY_SECONDS,
+    ClusteringConfig,
+    ItemEmbeddingConfig,
+    TextConfig,
+    clustering_for_data,
+    for_scale,
+)
 from lurm_lite.contrastive import info_nce
 from lurm_lite.item_embedding import (
     ItemEncoder,
@@ -142,6 +149,15 @@ def test_titled_catalogue_keeps_the_papers_encoder_without_item_ids():
     forced, _ = train_item_encoder(tokens, lengths, behaviors, ItemEmbeddingConfig(
         dim=8, batch_size=32, epochs=1, pairs_per_epoch=256, item_ids=True), device="cpu", seed=0, progress=False)
     assert forced.items.num_embeddings == len(tokens)
+
+
+def test_synthetic_titles_keep_the_title_only_encoder(tiny_dataset):
+    from data_prep import schema
+
+    titles = schema.load_dataset(tiny_dataset).items["title"].tolist()
+    vocab = text.Vocabulary.build(titles, TextConfig().min_count)
+    tokens, _ = text.encode_titles(titles, vocab, text.truncation_length(text.title_lengths(titles)))
+    assert not use_item_ids(for_scale("tiny").item, tokens)
 
 
 def test_item_id_path_is_eq1_plus_the_items_own_row():
