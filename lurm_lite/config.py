@@ -233,23 +233,27 @@ def fit_to_data(section, limits: list[DataLimit], user_set: dict) -> tuple[objec
 
 def clustering_for_data(section: ClusteringConfig, n_items: int, **overrides) -> tuple[ClusteringConfig, list[dict]]:
     """Notebook 03's clustering config: :func:`with_overrides` (``n_interests`` = N_INTERESTS,
-    ``niter``, ``soft_top_k`` = SOFT_TOP_K) fitted to a catalogue of ``n_items`` items.
+    ``sample_size`` = KMEANS_SAMPLE_SIZE, ``niter``, ``soft_top_k`` = SOFT_TOP_K) fitted to a
+    catalogue of ``n_items`` items.
 
-    D: a preset keeps at most n / ITEMS_PER_INTEREST interests, n = min(sample_size, n_items),
-    the items k-means trains on; a user's D must not exceed n (one item per centroid). The
-    soft assignment's top k cannot exceed D. Returns the config and the caps applied
-    (:func:`fit_to_data`).
+    The sample E' holds at most the n_items items there are. D: a preset keeps at most
+    n / ITEMS_PER_INTEREST interests, n = the items k-means trains on; a user's D must not
+    exceed n (one item per centroid). The soft assignment's top k cannot exceed D. Returns the
+    config and the caps applied (:func:`fit_to_data`).
     """
     config = with_overrides(section, **overrides)
-    n_sample = min(config.sample_size, n_items)
     config, caps = fit_to_data(config, [DataLimit(
+        "sample_size", "KMEANS_SAMPLE_SIZE", preset_max=max(1, n_items),
+        reason=f"the catalogue holds {n_items:,} items")], overrides)
+    n_sample = min(config.sample_size, n_items)
+    config, d_caps = fit_to_data(config, [DataLimit(
         "n_interests", "N_INTERESTS", preset_max=max(1, n_sample // ITEMS_PER_INTEREST),
         hard_max=n_sample, reason=f"k-means trains on {n_sample:,} items, {ITEMS_PER_INTEREST} per interest "
                                   f"in a preset and at least 1 per interest")], overrides)
     config, top_k_caps = fit_to_data(config, [DataLimit(
         "soft_top_k", "SOFT_TOP_K", preset_max=config.n_interests, hard_max=config.n_interests,
         reason=f"an item can join at most the D = {config.n_interests} interests")], overrides)
-    return config, caps + top_k_caps
+    return config, caps + d_caps + top_k_caps
 
 
 def item_config_for_data(section: ItemEmbeddingConfig, n_items: int, **overrides) -> tuple[ItemEmbeddingConfig, list[dict]]:
