@@ -187,7 +187,8 @@ def sample_positive_pairs(
         if found == n_pairs:
             break
     if found == 0:
-        raise ValueError("no behaviour has a partner of the same user within beta; widen beta")
+        raise ValueError("no behaviour has a partner of the same user within beta; widen beta "
+                         "(notebook 02: e.g. -p BETA_DAYS 30)")
     return np.concatenate(idx_x).astype(np.int64), np.concatenate(idx_y).astype(np.int64)
 
 

@@ -77,7 +77,7 @@ def test_sampled_pairs_are_exactly_the_valid_pairs(window):
 
 
 def test_sampler_rejects_data_without_pairs():
-    with pytest.raises(ValueError, match="no behaviour has a partner"):
+    with pytest.raises(ValueError, match="no behaviour has a partner .* -p BETA_DAYS"):
         sample_positive_pairs(np.array([1, 2, 3]), np.array([0, 0, 0]), 10, beta_seconds=DAY_SECONDS)
 
 
