@@ -13,6 +13,9 @@ Three scales (DESIGN.md, "Scales"):
 - ``paper``: the paper's sizes; meant for a GPU and a large dataset.
 
 Each stage module reads only its own dataclass; ``for_scale(name)`` gives all of them.
+``clustering_for_data`` and ``item_config_for_data`` fit a scale's sizes to the data (D at most
+one interest per 8 items, ...), reporting every cap; a ``-p`` value that cannot run is a
+:class:`ConfigError` naming the parameter.
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ def item_config_for_data(section: ItemEmbeddingConfig, n_items: int, **overrides
 
     A preset batch of n pairs holds at most n_items / 2 pairs (2n items, so a batch's
     in-batch negatives are not mostly copies of its own items) and at most
-    ``pairs_per_epoch`` pairs; a batch needs at least 2 pairs (one negative pair).
+    ``pairs_per_epoch`` pairs; a batch needs at least 2 pairs (else it has no negatives).
     Returns the config and the caps applied (:func:`fit_to_data`).
     """
     config = with_overrides(section, **overrides)
