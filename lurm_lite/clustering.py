@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from lurm_lite.config import ClusteringConfig
+from lurm_lite.config import ITEMS_PER_INTEREST, ClusteringConfig
 
 
 def _use_gpu() -> bool:
@@ -148,7 +148,8 @@ def train_centroids(embeddings: np.ndarray, n_interests: int, config: Clustering
     rng = np.random.default_rng(seed)
     n_sample = min(config.sample_size, len(embeddings))
     if n_sample < n_interests:
-        raise ValueError(f"cannot train D={n_interests} interests on {n_sample} sampled items; lower D")
+        raise ValueError(f"cannot train D={n_interests} interests on {n_sample} sampled items; choose D <= "
+                         f"{n_sample} (notebook 03: -p N_INTERESTS {max(1, n_sample // ITEMS_PER_INTEREST)})")
     sample = embeddings[np.sort(rng.choice(len(embeddings), n_sample, replace=False))]  # E' (n_sample, H)
     if n_interests >= config.large_d_threshold:
         return two_level_centroids(sample, n_interests, config, seed)
@@ -227,7 +228,9 @@ def mean_cosine_to_centroid(embeddings: np.ndarray, centroids: np.ndarray, assig
 
 def cluster_report(assignment: np.ndarray | sp.spmatrix, n_interests: int) -> dict:
     """Sizes of the D interests: items per interest (summed weights for a soft assignment),
-    the empty interests, and the imbalance factor D * sum(size^2) / n^2 (1 = perfectly even)."""
+    the empty interests, the share of the items in the largest interest (near 1 when the item
+    embeddings hardly differ, e.g. items without text embedded by their titles alone), and the
+    imbalance factor D * sum(size^2) / n^2 (1 = perfectly even)."""
     if sp.issparse(assignment):
         sizes = np.asarray(assignment.sum(axis=0)).ravel()  # (D,) float
     else:
@@ -244,5 +247,18 @@ def cluster_report(assignment: np.ndarray | sp.spmatrix, n_interests: int) -> di
         "size_median": float(np.median(sizes)),
         "size_mean": float(sizes.mean()),
         "size_max": float(sizes.max()),
+        "largest_share": float(sizes.max() / n) if n else float("nan"),
         "imbalance": float(n_interests * np.square(sizes, dtype=np.float64).sum() / n**2) if n else float("nan"),
     }
+
+
+def example_interests(sizes: np.ndarray, n: int, rng: np.random.Generator, min_size: int = 3) -> np.ndarray:
+    """Up to ``n`` interests to show as examples: drawn at random among those holding at least
+    ``min_size`` items, topped up with the largest remaining non-empty ones when too few are
+    that big (few or tiny clusters: show what exists). Empty interests are never returned."""
+    sizes = np.asarray(sizes)
+    sizeable = np.flatnonzero(sizes >= min_size)
+    chosen = rng.choice(sizeable, size=min(n, sizeable.size), replace=False)
+    rest = np.setdiff1d(np.flatnonzero(sizes > 0), chosen)
+    rest = rest[np.argsort(-sizes[rest], kind="stable")][: n - chosen.size]
+    return np.concatenate([chosen, rest]).astype(np.int64)

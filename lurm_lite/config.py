@@ -13,6 +13,9 @@ Three scales (DESIGN.md, "Scales"):
 - ``paper``: the paper's sizes; meant for a GPU and a large dataset.
 
 Each stage module reads only its own dataclass; ``for_scale(name)`` gives all of them.
+``clustering_for_data`` and ``item_config_for_data`` fit a scale's sizes to the data (D at most
+one interest per 8 items, ...), reporting every cap; a ``-p`` value that cannot run is a
+:class:`ConfigError` naming the parameter.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ItemEmbeddingConfig:
     epochs: int = 3
     pairs_per_epoch: int = 200_000  # positive pairs sampled per epoch
     sparse_word_grad: bool = True  # sparse gradients for the word table (fast on CPU)
+    item_ids: bool | None = None  # item-id path V_x (ids-only logs); None: on when titles tell < 90% of items apart
 
 
 @dataclass
@@ -176,3 +180,96 @@ def with_overrides(section, **values):
     if unknown:
         raise TypeError(f"{type(section).__name__} has no field(s) {', '.join(unknown)}")
     return dataclasses.replace(section, **{k: v for k, v in values.items() if v is not None})
+
+
+# Presets keep D <= (items k-means sees) / ITEMS_PER_INTEREST: an interest of one or two items
+# is a copy of those items, and BoI over such interests is a bag of items with extra steps.
+ITEMS_PER_INTEREST = 8
+
+
+class ConfigError(ValueError):
+    """A hyper-parameter the data cannot support; the message names the notebook's ``-p`` parameter."""
+
+
+@dataclass(frozen=True)
+class DataLimit:
+    """How far the data lets one hyper-parameter go.
+
+    A scale's preset above ``preset_max`` is lowered to it (and reported); a value the user
+    set through ``-p parameter`` is kept unless it lies outside [minimum, hard_max], where the
+    stage cannot run at all.
+    """
+
+    field: str  # field of the stage's dataclass
+    parameter: str  # the notebook parameter that sets it (papermill -p NAME VALUE)
+    preset_max: int  # largest value a preset may take on this data
+    reason: str  # why, with the data's numbers
+    hard_max: int | None = None  # largest value that can run at all (None: any)
+    minimum: int = 1
+
+
+def fit_to_data(section, limits: list[DataLimit], user_set: dict) -> tuple[object, list[dict]]:
+    """Apply ``limits`` to the dataclass ``section`` (a stage config after :func:`with_overrides`).
+
+    ``user_set`` holds the fields the user set (non-None notebook parameters). Returns the
+    fitted copy and one record per capped preset, ``{"parameter", "field", "preset", "used",
+    "reason"}``, for the notebook's output and its stage JSON. Raises :class:`ConfigError`
+    naming the ``-p`` parameter when a user-set value cannot run.
+    """
+    caps = []
+    for limit in limits:
+        value = getattr(section, limit.field)
+        if user_set.get(limit.field) is not None:
+            if value < limit.minimum:
+                raise ConfigError(f"{limit.parameter} = {value} cannot run: it must be at least {limit.minimum}; "
+                                  f"set e.g. -p {limit.parameter} {max(limit.minimum, limit.preset_max)}")
+            if limit.hard_max is not None and value > limit.hard_max:
+                raise ConfigError(f"{limit.parameter} = {value} cannot run on this data ({limit.reason}): it must "
+                                  f"be at most {limit.hard_max}; set e.g. -p {limit.parameter} {limit.preset_max}, "
+                                  f"or leave it unset for the data-fitted preset")
+        elif value > limit.preset_max:
+            section = dataclasses.replace(section, **{limit.field: limit.preset_max})
+            caps.append({"parameter": limit.parameter, "field": limit.field, "preset": value,
+                         "used": limit.preset_max, "reason": limit.reason})
+    return section, caps
+
+
+def clustering_for_data(section: ClusteringConfig, n_items: int, **overrides) -> tuple[ClusteringConfig, list[dict]]:
+    """Notebook 03's clustering config: :func:`with_overrides` (``n_interests`` = N_INTERESTS,
+    ``sample_size`` = KMEANS_SAMPLE_SIZE, ``niter``, ``soft_top_k`` = SOFT_TOP_K) fitted to a
+    catalogue of ``n_items`` items.
+
+    The sample E' holds at most the n_items items there are. D: a preset keeps at most
+    n / ITEMS_PER_INTEREST interests, n = the items k-means trains on; a user's D must not
+    exceed n (one item per centroid). The soft assignment's top k cannot exceed D. Returns the
+    config and the caps applied (:func:`fit_to_data`).
+    """
+    config = with_overrides(section, **overrides)
+    config, caps = fit_to_data(config, [DataLimit(
+        "sample_size", "KMEANS_SAMPLE_SIZE", preset_max=max(1, n_items),
+        reason=f"the catalogue holds {n_items:,} items")], overrides)
+    n_sample = min(config.sample_size, n_items)
+    config, d_caps = fit_to_data(config, [DataLimit(
+        "n_interests", "N_INTERESTS", preset_max=max(1, n_sample // ITEMS_PER_INTEREST),
+        hard_max=n_sample, reason=f"k-means trains on {n_sample:,} items, {ITEMS_PER_INTEREST} per interest "
+                                  f"in a preset and at least 1 per interest")], overrides)
+    config, top_k_caps = fit_to_data(config, [DataLimit(
+        "soft_top_k", "SOFT_TOP_K", preset_max=config.n_interests, hard_max=config.n_interests,
+        reason=f"an item can join at most the D = {config.n_interests} interests")], overrides)
+    return config, caps + d_caps + top_k_caps
+
+
+def item_config_for_data(section: ItemEmbeddingConfig, n_items: int, **overrides) -> tuple[ItemEmbeddingConfig, list[dict]]:
+    """Notebook 02's item-encoder config: :func:`with_overrides` fitted to ``n_items`` items.
+
+    A preset batch of n pairs holds at most n_items / 2 pairs (2n items, so a batch's
+    in-batch negatives are not mostly copies of its own items) and at most
+    ``pairs_per_epoch`` pairs; a batch needs at least 2 pairs (else it has no negatives).
+    Returns the config and the caps applied (:func:`fit_to_data`).
+    """
+    config = with_overrides(section, **overrides)
+    most = max(2, min(n_items // 2, config.pairs_per_epoch))
+    return fit_to_data(config, [DataLimit(
+        "batch_size", "ITEM_BATCH_SIZE", preset_max=most, minimum=2,
+        reason=f"{n_items:,} items and {config.pairs_per_epoch:,} pairs per epoch allow batches of at most "
+               f"{most:,} pairs")], overrides)

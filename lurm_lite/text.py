@@ -93,3 +93,13 @@ def encode_titles(titles: Sequence[str], vocab: Vocabulary, max_len: int) -> tup
         tokens[row, : len(ids)] = ids
         lengths[row] = len(ids)
     return tokens, lengths
+
+
+def unique_title_share(tokens: np.ndarray) -> float:
+    """Share of items whose encoded title (row of ``tokens``, from :func:`encode_titles`) no
+    other item has: ~1 for a titled catalogue, ~0 when titles are fallbacks such as
+    ``item <key>`` whose key falls outside the vocabulary (every row the same few ids)."""
+    if len(tokens) == 0:
+        return 1.0
+    _, inverse, counts = np.unique(tokens, axis=0, return_inverse=True, return_counts=True)
+    return float((counts[inverse.ravel()] == 1).mean())

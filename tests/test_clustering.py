@@ -8,6 +8,7 @@ from lurm_lite.clustering import (
     assign_hard,
     assign_soft,
     cluster_report,
+    example_interests,
     mean_cosine_to_centroid,
     train_centroids,
     two_level_centroids,
@@ -93,7 +94,7 @@ def test_train_centroids_takes_the_large_d_path_from_the_threshold():
 
 
 def test_too_few_items_for_d_is_a_clear_error():
-    with pytest.raises(ValueError, match="lower D"):
+    with pytest.raises(ValueError, match=r"choose D <= 5 \(notebook 03: -p N_INTERESTS 1\)"):
         train_centroids(np.ones((5, 4), np.float32), 10, ClusteringConfig(), seed=0)
 
 
@@ -102,6 +103,20 @@ def test_cluster_report_counts_sizes_and_empty_clusters():
     np.testing.assert_array_equal(report["sizes"], [2, 0, 3, 0, 1])
     assert report["n_empty"] == 2 and report["empty_clusters"].tolist() == [1, 3]
     assert report["size_max"] == 3 and report["n_items"] == 6
+    assert report["largest_share"] == pytest.approx(0.5)
     assert report["imbalance"] == pytest.approx(5 * (4 + 9 + 1) / 36)
     soft = assign_soft(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), top_k=1)
     np.testing.assert_allclose(cluster_report(soft, 3)["sizes"], [1, 1, 1])
+
+
+def test_example_interests_show_what_exists_when_clusters_are_few_or_small():
+    rng = np.random.default_rng(0)
+    sizes = np.array([0, 5, 1, 0, 9, 2, 4])
+    chosen = example_interests(sizes, 3, rng)
+    assert sorted(chosen.tolist()) == [1, 4, 6] and chosen.dtype == np.int64  # the three of >= 3 items
+    assert example_interests(np.array([0, 2, 0, 1]), 3, rng).tolist() == [1, 3]  # none sizeable: largest first
+    assert sorted(example_interests(np.array([7, 0, 1, 2]), 3, rng).tolist()) == [0, 2, 3]  # one sizeable, topped up
+    assert example_interests(np.array([300]), 3, rng).tolist() == [0]  # every item in one interest
+    assert example_interests(np.zeros(4, np.int64), 3, rng).size == 0
+    picks = {tuple(sorted(example_interests(np.full(10, 5), 3, np.random.default_rng(s)))) for s in range(5)}
+    assert len(picks) > 1  # drawn at random among the sizeable ones

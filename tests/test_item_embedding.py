@@ -1,12 +1,28 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lurm_lite.config import DAY_SECONDS, ItemEmbeddingConfig
+from lurm_lite import clustering, text
+from lurm_lite.config import (
+    DAY_SECONDS,
+    ClusteringConfig,
+    ItemEmbeddingConfig,
+    TextConfig,
+    clustering_for_data,
+    for_scale,
+)
 from lurm_lite.contrastive import info_nce
-from lurm_lite.item_embedding import ItemEncoder, embed_items, sample_positive_pairs, train_item_encoder
+from lurm_lite.item_embedding import (
+    ItemEncoder,
+    embed_items,
+    sample_positive_pairs,
+    train_item_encoder,
+    use_item_ids,
+)
 
 
 def _sorted_log(rng, n_users=40, n=3000, days=60):
@@ -61,7 +77,7 @@ def test_sampled_pairs_are_exactly_the_valid_pairs(window):
 
 
 def test_sampler_rejects_data_without_pairs():
-    with pytest.raises(ValueError, match="no behaviour has a partner"):
+    with pytest.raises(ValueError, match="no behaviour has a partner .* -p BETA_DAYS"):
         sample_positive_pairs(np.array([1, 2, 3]), np.array([0, 0, 0]), 10, beta_seconds=DAY_SECONDS)
 
 
@@ -122,3 +138,80 @@ def test_training_is_seeded():
     _, first = train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=3, progress=False)
     _, second = train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=3, progress=False)
     assert first == second
+
+
+def test_titled_catalogue_keeps_the_papers_encoder_without_item_ids():
+    tokens, lengths, behaviors, _ = _topic_problem(n_users=50)
+    config = ItemEmbeddingConfig(dim=8, batch_size=32, epochs=1, pairs_per_epoch=256)
+    assert not use_item_ids(config, tokens)  # every title distinct
+    encoder, _ = train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=0, progress=False)
+    assert encoder.items is None
+    forced, _ = train_item_encoder(tokens, lengths, behaviors, ItemEmbeddingConfig(
+        dim=8, batch_size=32, epochs=1, pairs_per_epoch=256, item_ids=True), device="cpu", seed=0, progress=False)
+    assert forced.items.num_embeddings == len(tokens)
+
+
+def test_synthetic_titles_keep_the_title_only_encoder(tiny_dataset):
+    from data_prep import schema
+
+    titles = schema.load_dataset(tiny_dataset).items["title"].tolist()
+    vocab = text.Vocabulary.build(titles, TextConfig().min_count)
+    tokens, _ = text.encode_titles(titles, vocab, text.truncation_length(text.title_lengths(titles)))
+    assert not use_item_ids(for_scale("tiny").item, tokens)
+
+
+def test_item_id_path_is_eq1_plus_the_items_own_row():
+    torch.manual_seed(0)
+    encoder = ItemEncoder(vocab_size=10, dim=8, n_items=5)
+    tokens, item_ids = torch.tensor([[2, 3, 0], [2, 3, 0]]), torch.tensor([1, 4])  # same title, two items
+    e = encoder(tokens, item_ids=item_ids)  # (B, H)
+    W, V = encoder.words.weight.detach(), encoder.items.weight.detach()
+    bag = (W[2] + W[3]) / 2 + V[item_ids]  # (B, H): 1/|x| sum_i W_i + V_x
+    torch.testing.assert_close(e, F.normalize(encoder.proj(bag), dim=1))
+    assert not torch.allclose(e[0], e[1])  # identical titles, distinct items
+    with pytest.raises(ValueError, match="pass item_ids"):
+        encoder(tokens)
+    info_nce(e[:1], e[1:], tau=0.1).backward()
+    assert encoder.items.weight.grad.is_sparse  # a batch updates only its items' rows
+    assert set(encoder.items.weight.grad.coalesce().indices()[0].tolist()) == {1, 4}
+
+
+def _ids_only_log(seed=0, n_items=300, n_groups=20, n_users=400, per_user=30, loyalty=0.9):
+    """An ids-only log: items in hidden co-consumption groups, each user buying mostly from one
+    group, one behaviour a day; titles are data_prep's fallback ``item <key>``."""
+    rng = np.random.default_rng(seed)
+    group = rng.permutation(np.repeat(np.arange(n_groups), n_items // n_groups))
+    rows = []
+    for user, user_group in enumerate(rng.integers(0, n_groups, n_users)):
+        own = rng.choice(np.flatnonzero(group == user_group), per_user)
+        items = np.where(rng.random(per_user) < loyalty, own, rng.integers(0, n_items, per_user))
+        rows += [(user, item, day * DAY_SECONDS) for day, item in enumerate(items)]
+    titles = [f"item {key}" for key in range(n_items)]
+    return titles, pd.DataFrame(rows, columns=["user_id", "item_id", "ts"]), group
+
+
+def test_ids_only_log_learns_distinct_co_occurrence_embeddings_and_spread_interests():
+    titles, behaviors, group = _ids_only_log()
+    vocab = text.Vocabulary.build(titles, TextConfig().min_count)  # "item" only: every key is rare
+    tokens, lengths = text.encode_titles(titles, vocab, text.truncation_length(text.title_lengths(titles)))
+    config = ItemEmbeddingConfig(dim=32, batch_size=128, epochs=2, pairs_per_epoch=4000)  # the paper's lr, tau
+    assert use_item_ids(config, tokens)
+
+    def embeddings(item_config):
+        encoder, _ = train_item_encoder(tokens, lengths, behaviors, item_config, device="cpu", seed=0,
+                                        progress=False, vocab_size=len(vocab))
+        return embed_items(encoder, tokens, lengths, device="cpu")
+
+    # Without the id path (the paper's encoder), every item is "item <unk>": one vector.
+    assert len(np.unique(embeddings(dataclasses.replace(config, item_ids=False)), axis=0)) == 1
+
+    e = embeddings(config)
+    assert len(np.unique(e, axis=0)) >= len(titles) / 2
+    similarity = e @ e.T
+    np.fill_diagonal(similarity, -np.inf)
+    assert (group[similarity.argmax(axis=1)] == group).mean() > 0.9  # learned co-consumption, not noise
+
+    clustering_config, _ = clustering_for_data(ClusteringConfig(), n_items=len(titles))  # D = 300 / 8
+    centroids = clustering.train_centroids(e, clustering_config.n_interests, clustering_config, seed=0)
+    sizes = np.bincount(clustering.assign_hard(e, centroids), minlength=clustering_config.n_interests)
+    assert sizes.max() <= 0.10 * len(titles)

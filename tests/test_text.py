@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from lurm_lite.text import PAD_ID, UNKNOWN_ID, Vocabulary, encode_titles, title_lengths, tokenize, truncation_length
+from lurm_lite.text import (
+    PAD_ID,
+    UNKNOWN_ID,
+    Vocabulary,
+    encode_titles,
+    title_lengths,
+    tokenize,
+    truncation_length,
+    unique_title_share,
+)
 
 
 def test_tokenize_lowercases_and_splits_on_non_alphanumerics():
@@ -44,3 +53,13 @@ def test_encode_titles_pads_truncates_and_marks_unknown():
 def test_truncation_matches_numpy_inverted_cdf(quantile):
     lengths = np.random.default_rng(0).integers(1, 60, 1001)
     assert truncation_length(lengths, quantile) == int(np.quantile(lengths, quantile, method="inverted_cdf"))
+
+
+def test_unique_title_share_tells_titled_from_fallback_titles():
+    titles = [f"item {k}" for k in range(50)]  # an ids-only log's fallback titles
+    vocab = Vocabulary.build(titles, min_count=2)  # every key is seen once: unknown
+    tokens, _ = encode_titles(titles, vocab, max_len=2)
+    assert unique_title_share(tokens) == 0.0
+    tokens, _ = encode_titles(["red shoe", "blue shoe", "red shoe", "red hat"], Vocabulary(["red", "shoe", "blue", "hat"]), 2)
+    assert unique_title_share(tokens) == 0.5  # "red shoe" twice
+    assert unique_title_share(np.zeros((0, 3), np.int64)) == 1.0
