@@ -30,6 +30,10 @@ the path's first element for 2014/2018 and ``main_category`` for 2023 (the path'
 element when it is missing), or else the meta file's name (``meta_Musical_Instruments``
 -> ``Musical Instruments``); ``category_path`` = ``" > ".join(path)``, or the category when
 there is no path. An empty title falls back to the category path, so every item has text.
+When the kept items share one top-level category (one category's files, the usual
+download) and no ``target_categories`` are given, ``category`` is the path's second level
+instead (``Guitars``, ``Drums``): with one top level every ``future_<category>`` task would
+only ask whether the user buys anything again.
 
 Memory stays bounded by the number of reviews times 16 bytes: files are streamed line by
 line, and only compact arrays (int32 user and item indices, int64 times, in
@@ -389,8 +393,19 @@ def prepare(reviews: Sequence[str | Path], meta: Sequence[str | Path], out: str 
                                               "asin": np.array(item_keys, dtype=object)[kept_items]}),
     }
 
-    counts = pd.Series(items["category"].to_numpy()[item_id]).value_counts().sort_index()
-    counts = counts.sort_values(ascending=False, kind="stable")  # ties by name
+    def behaviours_per(category: pd.Series) -> pd.Series:  # most behaviours first, ties by name
+        counts = pd.Series(category.to_numpy()[item_id]).value_counts().sort_index()
+        return counts.sort_values(ascending=False, kind="stable")
+
+    counts = behaviours_per(items["category"])
+    one_top_level = target_categories is None and counts.size == 1
+    if one_top_level:  # one category file: its own top level would make every task "any purchase"
+        second = items["category_path"].str.split(" > ").str[1].fillna(items["category"])
+        if second.nunique() > 1:
+            items["category"] = second
+            counts = behaviours_per(second)
+        else:
+            one_top_level = False
     if target_categories is None:
         target_categories = list(counts.index[:4])
     unknown = [c for c in target_categories if c not in counts.index]
@@ -428,6 +443,8 @@ def prepare(reviews: Sequence[str | Path], meta: Sequence[str | Path], out: str 
             f"Dropped: {without_meta} reviews of items without metadata, {int(dup.sum())} duplicate reviews; "
             f"{report['reviews']['malformed'] + report['meta']['malformed']} malformed lines skipped "
             f"(per file in prep_report)."
+            + (" All items share one top-level category, so category (and the tasks) is the second level of "
+               "the category path." if one_top_level else "")
         ),
     }
     dataset = write_dataset(out, items, None, users, meta_json, extras=id_maps)

@@ -147,6 +147,22 @@ def test_default_windows_give_the_papers_split_on_the_2018_release():
     assert amazon.default_windows(last_2018_review, "2018-06-01", None) == ("2018-06-01", "2018-11-01")
 
 
+def test_one_category_file_takes_its_tasks_from_the_second_level(tmp_path):
+    """A single category's files (the usual download): tasks on sub-categories, not 'buys anything'."""
+    meta = [_meta(f"G{i}", f"guitar {i}", ["Musical Instruments", "Guitars"]) for i in range(3)]
+    meta += [_meta(f"D{i}", f"drum {i}", ["Musical Instruments", "Drums"]) for i in range(2)]
+    reviews = [_review(f"U{u}", f"G{u % 3}", "2016-05-01") for u in range(6)]
+    reviews += [_review(f"U{u}", f"D{u % 2}", "2018-03-01") for u in range(0, 6, 2)]
+    out = prepare([_write(tmp_path / "Musical_Instruments.json", reviews, gz=False)],
+                  [_write(tmp_path / "meta_Musical_Instruments.json", meta, gz=False)], tmp_path / "mi")
+    ds = validate(out)
+    assert [t["name"] for t in ds.tasks] == ["future_Guitars", "future_Drums"]
+    assert sorted(ds.items.category.unique()) == ["Drums", "Guitars"]
+    assert ds.items.category_path.str.startswith("Musical Instruments > ").all()
+    assert ds.meta["summary"]["tasks"]["future_Drums"]["positive_rate"] == 0.5  # U0, U2, U4 of six
+    assert "second level" in ds.meta["notes"]
+
+
 def test_release_2014_meta_as_python_literals(tmp_path):
     reviews = [json.dumps({"reviewerID": u, "asin": a, "helpful": [0, 0], "reviewText": "x", "overall": 4.0,
                            "summary": "x", "unixReviewTime": date_to_ts(d), "reviewTime": "x"})
@@ -163,7 +179,9 @@ def test_release_2014_meta_as_python_literals(tmp_path):
     ds = validate(out)
     items = ds.items.set_index(pd.read_parquet(out / "id_map_items.parquet")["asin"])
     assert items.loc["X1", "title"] == "Rock 'n' Roll & more"
-    assert items.loc["X1", "category"] == "CDs & Vinyl" and items.loc["X1", "category_path"] == "CDs & Vinyl > Rock"
+    assert items.loc["X1", "category_path"] == "CDs & Vinyl > Rock"
+    # one top level in the file: category is the second level where the path has one
+    assert items.loc["X1", "category"] == "Rock" and items.loc["X2", "category"] == "CDs & Vinyl"
     assert items.loc["X2", "title"] == "CDs & Vinyl"  # empty title: the category path
     report = ds.meta["prep_report"]
     assert [f["release"] for f in report["files"].values()] == ["2014/2018", "2014"]
