@@ -431,8 +431,8 @@ ANALYSIS_DEFAULTS: dict[str, dict[str, Any]] = {
     # tiny: seconds per notebook (tests); default: `make demo` on 2 CPU cores; paper: the
     # paper's sweeps and all of Table 5, for a GPU. Measured on 2 cores, synthetic default
     # (D = 1000, ~4,900 trainable users, whole-life fixed-interval timelines): one epoch costs
-    # 76 s for a month + year SMEN (M = 10, H = 128), 61 s monthly only, 11 s yearly only,
-    # 12 s for 1anchor-128 and 841 s for 1anchor-1280 (a GRU of H = 1280 does 10x the
+    # 76 s for a month + year SMEN (M = 10, H = 128; 52 s since TimeAggregation packs its chunks),
+    # 61 s monthly only, 11 s yearly only, 12 s for 1anchor-128 and 841 s for 1anchor-1280 (a GRU of H = 1280 does 10x the
     # arithmetic of ten H = 128 anchors). So the default scale leaves 1anchor-MH out of
     # VARIANTS (one variant would cost an hour; add it with -p VARIANTS) and trains every
     # variant, and its equal-budget LURM reference, for 2 epochs: notebook 04's learning curve

@@ -217,7 +217,12 @@ class TimeAggregation(nn.Module):
     sorted by length and run in chunks of ``chunk`` sequences, each padded only to its own
     longest, and the state is read at each sequence's last step (the GRU is causal, so the
     steps after it change nothing). ``pack_padded_sequence`` gives the same numbers, but its
-    backward pass is ~3x slower on the CPU.
+    backward pass is ~3x slower on the CPU. The rows r are scattered once, straight into one
+    buffer that holds every chunk packed at its own length, so each chunk is a contiguous
+    view (no (B, N, M, H) grid, transpose or per-chunk gather, in the forward or backward
+    pass). Measured on 2 cores, a synthetic-default training batch (512 views, 11,888 month
+    steps, 10 anchors), forward + backward, median of 4: 3.27 s with a padded grid and
+    1024-sequence chunks, 2.51 s packed, 2.29 s packed in chunks of 512 (the default).
 
     Why a fixed interval rather than the non-empty periods with the elapsed time as an
     extra input (~2.5x fewer GRU steps on the demo data): measured on the planted-label log
@@ -226,7 +231,7 @@ class TimeAggregation(nn.Module):
     the last behaviour); without the chrono initialisation 0.84 against 0.75.
     """
 
-    def __init__(self, hidden: int, chunk: int = 1024):
+    def __init__(self, hidden: int, chunk: int = 512):
         super().__init__()
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
         with torch.no_grad():  # chrono initialisation of the update gate z (see the docstring)
@@ -238,24 +243,34 @@ class TimeAggregation(nn.Module):
     def forward(self, r: torch.Tensor, x: ScaleBatch) -> torch.Tensor:
         """r (n_rows, M, H) rows of the batch ``x`` -> r~ (B, M, H)."""
         _, M, H = r.shape
-        B = x.n_users
-        lengths = x.lengths.repeat_interleave(M)  # (B*M,) N of each anchor sequence
+        B, dev = x.n_users, r.device
+        lengths = x.lengths.repeat_interleave(M)  # (B*M,) N of each (user, anchor) sequence
         r_tilde = r.new_zeros(B * M, H)  # (B*M, H); stays 0 for empty sequences
         if x.n_rows == 0:
             return r_tilde.view(B, M, H)
-        T = int(lengths.max())
-        padded = r.new_zeros(B, T, M, H)
-        padded[x.row_user, x.row_step] = r  # (B, T, M, H); empty periods stay 0
-        seqs = padded.transpose(1, 2).reshape(B * M, T, H)  # (B*M, T, H) one per (user, anchor)
-        order = torch.argsort(lengths, descending=True)  # (B*M,) longest first
-        order = order[lengths[order] > 0]  # empty sequences keep r~ = 0
-        lengths_cpu = lengths.cpu()
-        for chunk in order.split(self.chunk):
-            chunk_lengths = lengths[chunk]  # (c,)
-            longest = int(lengths_cpu[chunk.cpu()[0]])
-            out, _ = self.gru(seqs[chunk, :longest])  # (c, longest, H)
-            last = out[torch.arange(len(chunk), device=r.device), chunk_lengths - 1]  # (c, H) state at step N
-            r_tilde = r_tilde.index_copy(0, chunk, last.to(r_tilde.dtype))
+        order = torch.argsort(lengths, descending=True, stable=True)
+        order = order[lengths[order] > 0]  # (S,) the non-empty sequences, longest first
+        S = len(order)
+        sorted_lengths = lengths[order]  # (S,)
+        rank = torch.empty(B * M, dtype=torch.long, device=dev)
+        rank[order] = torch.arange(S, device=dev)  # (B*M,) position of each sequence in `order`
+        chunk_of = torch.arange(S, device=dev) // self.chunk  # (S,)
+        chunk_steps = sorted_lengths[::self.chunk]  # (K,) longest sequence of each chunk: its first
+        chunk_sizes = torch.bincount(chunk_of)  # (K,)
+        chunk_offsets = torch.cumsum(chunk_sizes * chunk_steps, 0) - chunk_sizes * chunk_steps  # (K,) first slot
+        first_slot = (chunk_offsets[chunk_of]
+                      + (torch.arange(S, device=dev) - chunk_of * self.chunk) * chunk_steps[chunk_of])  # (S,)
+        sequence = x.row_user[:, None] * M + torch.arange(M, device=dev)  # (n_rows, M) sequence of each r^i_t
+        slot = first_slot[rank[sequence]] + x.row_step[:, None]  # (n_rows, M) its slot in the buffer
+        n_slots = int((chunk_sizes * chunk_steps).sum())
+        packed = r.new_zeros(n_slots, H).index_copy(0, slot.reshape(-1), r.reshape(-1, H))  # (n_slots, H)
+        last_states = []
+        for k, (size, steps, offset) in enumerate(zip(chunk_sizes.tolist(), chunk_steps.tolist(),
+                                                       chunk_offsets.tolist())):
+            out, _ = self.gru(packed[offset:offset + size * steps].view(size, steps, H))  # (size, steps, H)
+            n = sorted_lengths[k * self.chunk:k * self.chunk + size]  # (size,) N of each sequence
+            last_states.append(out[torch.arange(size, device=dev), n - 1])  # (size, H) state at step N
+        r_tilde = r_tilde.index_copy(0, order, torch.cat(last_states).to(r_tilde.dtype))
         return r_tilde.view(B, M, H)
 
 
