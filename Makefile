@@ -11,7 +11,7 @@ RUN_DIR ?= runs/demo
 SCALE  ?= default
 DEVICE ?= auto
 
-.PHONY: demo test lab venv bench quality readme clean-venv
+.PHONY: demo test lab venv bench quality own-logs readme clean-venv
 
 venv: $(STAMP)
 
@@ -46,6 +46,12 @@ bench: $(STAMP)
 quality: $(STAMP)
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/quality.py --json benchmarks/results/quality.json
+
+# Three bring-your-own logs (ids-only TSV, genre lists, a 150-item Amazon category) through
+# data_prep and the whole chain with no -p; runs in runs/own_logs/.
+own-logs: $(STAMP)
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/own_logs.py --json benchmarks/results/own_logs.json
 
 clean-venv:
 	rm -rf $(VENV)
