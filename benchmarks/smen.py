@@ -12,7 +12,13 @@ distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 - ``smen_ms[D]``: forward + backward of the whole SMEN (month + year, GRU, head, loss);
 - ``optimizer_step_ms``: the step after that backward with SparseAdam on W^e (sparse
   gradient) vs dense Adam on W^e (what ``sparse_grad=False`` costs: O(D H) per step);
-- ``users_encoded_per_s``: ``encode_users`` throughput at D = 1e5.
+- ``users_encoded_per_s``: ``encode_users`` throughput at D = 1e5;
+- ``train_gflops`` / ``encode_gflops``: the arithmetic rate of the whole-SMEN training step
+  (``smen_ms`` at D = 1e5) and of encoding, FLOPs counted from the shapes
+  (:func:`smen_forward_flops`; a backward pass counted as twice its forward), against
+  ``mm_gflops``, a plain float32 ``torch.mm`` of 4096 x 1024 x 1024 in the same process:
+  ``train_flops_fraction`` and ``encode_flops_fraction`` say how near SMEN runs to what
+  the machine's matrix kernel reaches.
 
 Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
 ``sparse_vs_dense_at_1e5`` (dense / sparse time) >= 10. ``--quick`` uses 64 users.
@@ -36,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from lurm_lite import runs  # noqa: E402
 from lurm_lite.contrastive import adam_optimizers, info_nce  # noqa: E402
 from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
-from lurm_lite.user_training import encode_users  # noqa: E402
+from lurm_lite.user_training import encode_users, encoding_batches  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("test_smen", ROOT / "tests" / "test_smen.py")
 _test_smen = importlib.util.module_from_spec(_spec)
@@ -61,6 +67,33 @@ def timed(fn, dev: torch.device, reps: int, budget_s: float = 20.0) -> tuple[flo
         if sum(times) > budget_s:
             break
     return 1000 * statistics.median(times), len(times)
+
+
+def smen_forward_flops(batch: dict, n_users: int) -> float:
+    """FLOPs of one SMEN forward pass (plus the loss of eq. 3) over ``batch`` ({scale: ScaleBatch}).
+
+    Multiply-adds count 2. Per scale: alpha of eq. (6) for the U interests present
+    (2 U H M + the M x H x H product W^a W^p), V = alpha (x) W^e (U M H), the sparse
+    product of eq. (5) (2 nnz M H) and the GRU (12 H^2 per step of each of the B M
+    sequences: three gates, input and hidden products). Then the switch of eq. (7)
+    (2 B M 2H H), the head of eq. (8)-(9) (2 B (M H^2 + M^2 H + (M H)^2)) and the (2n x 2n)
+    similarities of eq. (3) over M H dimensions. Element-wise work is left out.
+    """
+    flops = 0.0
+    for x in batch.values():
+        U, nnz, steps = x.interests.numel(), x.nz_value.numel(), int(x.lengths.sum())
+        flops += 2 * U * H * M + 2 * M * H * H + U * M * H + 2 * nnz * M * H + 12 * H * H * steps * M
+    flops += 2 * n_users * M * 2 * H * H
+    flops += 2 * n_users * (M * H * H + M * M * H + (M * H) ** 2)
+    flops += 2 * n_users * n_users * M * H
+    return flops
+
+
+def mm_gflops(dev: torch.device, reps: int) -> float:
+    """GFLOP/s of a plain float32 ``torch.mm`` (4096 x 1024) @ (1024 x 1024) on ``dev``."""
+    a, b = torch.randn(4096, 1024, device=dev), torch.randn(1024, 1024, device=dev)
+    ms, _ = timed(lambda: a @ b, dev, max(reps, 5))
+    return 2 * 4096 * 1024 * 1024 / (ms / 1000) / 1e9
 
 
 def scale_batches(n_users: int, D: int, seed: int):
@@ -107,6 +140,7 @@ def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
         info_nce(z[:half], z[half:2 * half], 0.1).backward()
 
     out["smen_ms"], _ = timed(lambda: smen_fwd_bwd(model), dev, reps)
+    out["smen_train_gflop"] = 3 * smen_forward_flops(full, n_users) / 1e9  # forward + backward (2x)
     for name, sparse in (("sparse_adam", True), ("dense_adam", False)):
         torch.manual_seed(0)
         m = SMEN(D, H, M, ("month", "year"), sparse=sparse).to(dev)
@@ -138,6 +172,10 @@ def main(argv=None) -> dict:
     model = SMEN(100_000, H, M, ("month", "year")).to(dev)
     encode = lambda: encode_users(model, boi, boi["month"].user_ids, dev, batch_size=512)  # noqa: E731
     encode_ms, _ = timed(encode, dev, reps=2)
+    windows = encoding_batches(model, boi, boi["month"].user_ids, dev, None, None, 512)  # what encode_users runs
+    encode_gflop = sum(smen_forward_flops(batch, len(boi["month"].user_ids[part])) for part, batch in windows) / 1e9
+    peak = mm_gflops(dev, reps)
+    train_gflops = per_d[100_000]["smen_train_gflop"] / (per_d[100_000]["smen_ms"] / 1000)
 
     results = {
         "device": str(dev),
@@ -152,6 +190,11 @@ def main(argv=None) -> dict:
         "sparse_d_scaling": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
         "sparse_vs_dense_at_1e5": per_d[100_000]["dense_ms"] / per_d[100_000]["sparse_ms"],
         "users_encoded_per_s": n_encode / (encode_ms / 1000),
+        "mm_gflops": peak,
+        "train_gflops": train_gflops,
+        "encode_gflops": encode_gflop / (encode_ms / 1000),
+        "train_flops_fraction": train_gflops / peak,
+        "encode_flops_fraction": encode_gflop / (encode_ms / 1000) / peak,
         "details": per_d,
         "quick": args.quick,
         "wall_s": time.perf_counter() - t0,
@@ -159,7 +202,9 @@ def main(argv=None) -> dict:
     runs.save_json(args.json, results)
     print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (target <= 1.5), sparse_vs_dense_at_1e5 "
           f"{results['sparse_vs_dense_at_1e5']:.1f} (target >= 10), users_encoded_per_s "
-          f"{results['users_encoded_per_s']:.0f}; wrote {args.json}")
+          f"{results['users_encoded_per_s']:.0f}; training {train_gflops:.1f} GFLOP/s "
+          f"({results['train_flops_fraction']:.0%} of torch.mm's {peak:.1f}), encoding "
+          f"{results['encode_gflops']:.1f} GFLOP/s ({results['encode_flops_fraction']:.0%}); wrote {args.json}")
     return results
 
 

@@ -504,9 +504,9 @@ def inference(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _encoding_batches(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray, dev: torch.device,
-                      last_months: int | None, history_end_ts: int | None, batch_size: int
-                      ) -> Iterator[tuple[slice, dict[str, ScaleBatch]]]:
+def encoding_batches(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray, dev: torch.device,
+                     last_months: int | None, history_end_ts: int | None, batch_size: int
+                     ) -> Iterator[tuple[slice, dict[str, ScaleBatch]]]:
     """The encoding windows of ``user_ids``, ``batch_size`` users at a time: (rows slice, {scale: batch} on dev).
 
     Each window is built exactly as a training view (:func:`collate_views`); see
@@ -544,7 +544,7 @@ def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray
     user_ids = np.asarray(user_ids, dtype=np.int64)
     reps = np.zeros((len(user_ids), model.anchors * model.hidden), dtype=np.float32)
     with inference(model):
-        for part, batch in _encoding_batches(model, boi, user_ids, dev, last_months, history_end_ts, batch_size):
+        for part, batch in encoding_batches(model, boi, user_ids, dev, last_months, history_end_ts, batch_size):
             reps[part] = model(batch).flatten(1).float().cpu().numpy()  # (b, M*H)
     return reps
 
@@ -571,7 +571,7 @@ def encode_stages(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarra
     names = [f"{stage} {scale}" for scale in model.scales for stage in ("r", "r~")] + ["R^"]
     out = {name: np.zeros((len(user_ids), size), dtype=np.float32) for name in names}
     with inference(model):
-        for part, batch in _encoding_batches(model, boi, user_ids, dev, None, history_end_ts, batch_size):
+        for part, batch in encoding_batches(model, boi, user_ids, dev, None, history_end_ts, batch_size):
             r_tilde = []
             for scale in model.scales:
                 x = batch[scale]
