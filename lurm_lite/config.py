@@ -123,6 +123,7 @@ class DownstreamConfig:
     tfidf_max_features: int | None = 100_000  # TF-IDF vocabulary: the most frequent words (None: all)
     doc2vec_dim: int = 128  # PV-DBOW document vector size
     doc2vec_epochs: int = 10
+    workers: int | None = None  # processes probing tasks side by side on the CPU (None: one per core; 1: in-process)
 
 
 @dataclass

@@ -28,7 +28,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import multiprocessing
+import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -413,6 +417,51 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     return metrics
 
 
+def probe_workers(config: DownstreamConfig, device: str | torch.device, n_tasks: int) -> int:
+    """How many processes probe the tasks of one :func:`evaluate` call side by side.
+
+    A probe runs on one CPU thread (:func:`_one_cpu_thread`), so on a machine with several
+    cores the tasks are probed in worker processes, one per core (``config.workers``; None:
+    the cores this process may use), never more than there are tasks. The result is the
+    same to the bit as probing them one after the other in this process: each task's probe
+    is seeded on its own and runs single-threaded either way (a test checks it). On a GPU
+    the probes run in this process.
+    """
+    if torch.device(device).type != "cpu" or n_tasks < 2:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(config.workers if config.workers is not None else cores, n_tasks))
+
+
+_PROBE_POOLS: dict[int, ProcessPoolExecutor] = {}  # worker count -> pool, kept for the process's life
+
+
+def _probe_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes started with ``spawn`` (safe after torch's threads
+    exist, and the same on Linux, macOS and Windows), reused by later calls: a worker pays
+    the import of torch once."""
+    if workers not in _PROBE_POOLS:
+        _PROBE_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return _PROBE_POOLS[workers]
+
+
+def _evaluate_tasks(jobs: Mapping[str, tuple[Features, np.ndarray]], config: DownstreamConfig, seed: int,
+                    device: str | torch.device) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_task` of every ``{task: (X, y)}``, side by side when the cores allow
+    (:func:`probe_workers`); results in the order of ``jobs``."""
+    workers = probe_workers(config, device, len(jobs))
+    if workers == 1:
+        return {task: evaluate_task(X, y, config, seed, device) for task, (X, y) in jobs.items()}
+    pool = _probe_pool(workers)
+    try:
+        futures = {task: pool.submit(evaluate_task, X, y, config, seed, device) for task, (X, y) in jobs.items()}
+        return {task: future.result() for task, future in futures.items()}
+    except BrokenProcessPool as error:  # a worker died (e.g. out of memory): the next call starts a new pool
+        del _PROBE_POOLS[workers]
+        raise RuntimeError(f"a probe worker process died ({error}); set DownstreamConfig.workers = 1 "
+                           "to probe in this process") from error
+
+
 def all_task_labels(dataset: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """:func:`task_labels` of every task in ``dataset.meta["tasks"]``, by task name."""
     return {task["name"]: task_labels(dataset, task) for task in dataset.tasks}
@@ -431,6 +480,8 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
         labels: ``all_task_labels(dataset)`` when already computed (it is the same for
             every method).
 
+    The tasks are probed side by side, one process per CPU core (:func:`probe_workers`).
+
     Returns:
         A :class:`TaskResults`: ``{task: {"auc", "acc", "auc_ci95": [lo, hi], "n_test"}}`` of
         the evaluated tasks, and in ``.skipped`` ``{task: reason}`` of the tasks with fewer
@@ -442,7 +493,7 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
     if not row_of.is_unique:
         raise ValueError("user_ids must be unique: each row of X is one user.")
     X = X.tocsr() if sp.issparse(X) else X
-    results = TaskResults()
+    results, jobs = TaskResults(), {}
     for task, (task_users, y) in labels.items():
         reason = skip_reason(y)
         if reason is not None:
@@ -453,7 +504,8 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
         if (rows < 0).any():
             raise ValueError(f"Task {task!r}: {(rows < 0).sum()} labelled users have no row in X, "
                              f"e.g. user {task_users[rows < 0][0]}.")
-        results[task] = evaluate_task(X[rows], y, config, seed, device)
+        jobs[task] = (X[rows], y)
+    results.update(_evaluate_tasks(jobs, config, seed, device))
     return results
 
 

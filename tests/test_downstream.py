@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -153,6 +154,30 @@ def test_evaluate_matches_rows_by_user_id_not_by_position():
     assert ordered == shuffled
     with pytest.raises(ValueError, match="no row in X"):
         downstream.evaluate(X[1:], user_ids[1:], dataset, FAST, seed=0, labels=labels)
+
+
+def test_tasks_probed_side_by_side_equal_the_in_process_probes(monkeypatch):
+    """Worker processes give the same metrics to the bit, in the order of the labels, dense and sparse."""
+    rng = np.random.default_rng(3)
+    user_ids, y, dataset = _planted_task(rng, 300)
+    X = np.c_[y + rng.normal(0, 1.0, 300), rng.normal(size=(300, 5))]
+    labels = {"b": (user_ids, y), "a": (user_ids[::2], 1 - y[::2]), "c": (user_ids[1::2], y[1::2])}
+    assert downstream.probe_workers(dataclasses.replace(FAST, workers=2), "cpu", n_tasks=3) == 2
+    assert downstream.probe_workers(dataclasses.replace(FAST, workers=8), "cpu", n_tasks=3) == 3
+    assert downstream.probe_workers(dataclasses.replace(FAST, workers=2), "cpu", n_tasks=1) == 1
+    assert downstream.probe_workers(dataclasses.replace(FAST, workers=2), "cuda", n_tasks=3) == 1
+    for features in (X, sp.csr_matrix(np.maximum(X, 0))):
+        alone = downstream.evaluate(features, user_ids, dataset, dataclasses.replace(FAST, workers=1), seed=0,
+                                    labels=labels)
+        submitted = []
+        monkeypatch.setattr(downstream.ProcessPoolExecutor, "submit",
+                            lambda pool, fn, *args, _submit=downstream.ProcessPoolExecutor.submit:
+                            submitted.append(args[0].shape) or _submit(pool, fn, *args))
+        side_by_side = downstream.evaluate(features, user_ids, dataset, dataclasses.replace(FAST, workers=2),
+                                           seed=0, labels=labels)
+        monkeypatch.undo()
+        assert len(submitted) == 3  # the probes did run in the pool
+        assert list(side_by_side) == ["b", "a", "c"] and side_by_side == alone
 
 
 # --- probe ------------------------------------------------------------------------------
