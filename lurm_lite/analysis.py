@@ -33,11 +33,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import baselines, clustering, downstream
+from lurm_lite import baselines, clustering, downstream, runs
 from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.config import ClusteringConfig, DownstreamConfig, SMENConfig, UserTrainingConfig
-from lurm_lite.runs import save_npz
-from lurm_lite.smen import SMEN
+from lurm_lite.runs import RunPaths, load_json, save_npz
+from lurm_lite.smen import SMEN, load_smen
 from lurm_lite.user_training import boi_fingerprint, encode_users, period_start_ts, train_smen
 
 # Fig. 3's lengths in months: 2 months, 6 months, 1, 2, 3, 4, 5 years (then the whole life).
@@ -232,10 +232,43 @@ def _config_key(smen_config: SMENConfig, train_config: UserTrainingConfig, seed:
                        "seed": int(seed), **{k: extra[k] for k in sorted(extra)}}, sort_keys=True, default=str)
 
 
+def _as_stored(obj: Any) -> Any:
+    """``obj`` as a stage JSON holds it (tuples become lists)."""
+    return json.loads(json.dumps(obj, default=list))
+
+
+def run_snapshot(run_root: str | Path, smen_config: SMENConfig, train_config: UserTrainingConfig,
+                 seed: int) -> tuple[Path, list[float]] | None:
+    """Notebook 04's model after ``train_config.epochs`` epochs, when it is that variant.
+
+    Notebook 04 saves its model after the epochs of notebook 08's reference
+    (``train_smen(snapshots=...)``, listed in ``04_smen.json``); since every epoch samples
+    from its own seeded RNG, that snapshot is the model a fresh run of that many epochs
+    with the same seed, SMEN config and sampler settings trains, and 08 encodes it instead
+    of training the reference again. Returns (path, the loss of each of those epochs), or
+    None when 04 ran with another seed or other settings or kept no such snapshot (then
+    the variant is trained).
+    """
+    run = RunPaths(run_root)
+    stage = run.stage_json("04_smen")
+    if not stage.exists():
+        return None
+    record = load_json(stage)
+    path = record.get("snapshots", {}).get(str(train_config.epochs))
+    wanted_train = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in ("epochs", "encode_batch_size")}
+    stored_train = {k: v for k, v in record.get("train_config", {}).items() if k not in ("epochs", "encode_batch_size")}
+    if (path is None or record.get("seed") != seed or _as_stored(record.get("smen_config"))
+            != _as_stored(dataclasses.asdict(smen_config)) or _as_stored(stored_train) != _as_stored(wanted_train)
+            or not (run.root / path).exists()):
+        return None
+    return run.root / path, [float(v) for v in load_json(run.smen_loss)["epoch"][:train_config.epochs]]
+
+
 def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
                   user_ids: np.ndarray, device: torch.device | str | None, seed: int,
                   cache_path: str | Path | None = None, cache_key: Mapping | None = None,
-                  progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+                  progress: bool = False, trained: tuple[Path, Sequence[float]] | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train one SMEN variant from scratch (§2.2.4) and encode every user: (reps, info).
 
     ``reps`` is (len(user_ids), M*H) R^ over the whole history, rows in ``user_ids`` order;
@@ -244,7 +277,9 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
     (``.npz``) with a key of the configs, the seed, ``cache_key`` (e.g. D and the
     assignment) and a content hash of the BoI it trains on (``boi_fingerprint``: new
     interests with the same D are another variant), and a later call with the same key
-    loads them instead of training.
+    loads them instead of training. ``trained`` = (model path, per-epoch losses) of a model
+    already trained with exactly these settings (:func:`run_snapshot`): it is encoded
+    instead of trained, and ``info["shared"]`` names it.
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
     key = _config_key(smen_config, train_config, seed,
@@ -255,15 +290,19 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
                 info = json.loads(str(saved["info"]))
                 return saved["reps"], {**info, "cached": True}
     start = time.perf_counter()
-    model, losses = train_smen(dict(boi), smen_config, train_config, device, seed,
-                               checkpoint_path=None, resume=False, progress=progress)
+    if trained is None:
+        model, losses = train_smen(dict(boi), smen_config, train_config, device, seed,
+                                   checkpoint_path=None, resume=False, progress=progress)
+        epoch_losses = losses["epoch"]
+    else:
+        model, epoch_losses = load_smen(trained[0], runs.device(str(device) if device is not None else "auto")), trained[1]
     train_seconds = time.perf_counter() - start
     reps = encode_users(model, dict(boi), user_ids, device, batch_size=train_config.encode_batch_size)
     info = {"scales": list(smen_config.scales), "anchors": smen_config.anchors, "hidden": smen_config.hidden,
             "n_interests": int(model.n_interests), "representation_size": int(reps.shape[1]),
-            "epochs": train_config.epochs, "loss_first_epoch": float(losses["epoch"][0]),
-            "loss_last_epoch": float(losses["epoch"][-1]), "train_seconds": round(train_seconds, 1),
-            "cached": False}
+            "epochs": train_config.epochs, "loss_first_epoch": float(epoch_losses[0]),
+            "loss_last_epoch": float(epoch_losses[-1]), "train_seconds": round(train_seconds, 1),
+            "cached": False, **({"shared": Path(trained[0]).name} if trained is not None else {})}
     if cache_path is not None:
         save_npz(cache_path, user_ids=user_ids, reps=reps, key=np.array(key), info=np.array(json.dumps(info)))
     return reps, info

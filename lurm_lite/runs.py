@@ -59,7 +59,8 @@ class RunPaths:
     - 03_interests_boi: ``centroids.npy`` (D, H), ``item_interest.npy`` (n_items,) int64,
       ``boi_month.npz``, ``boi_year.npz``
     - 04_smen: ``smen.pt`` (final model), ``smen_ckpt.pt`` (resume checkpoint),
-      ``user_reps.npz`` (user_ids, reps (n_users, M*H) float32), ``smen_loss.json``
+      ``user_reps.npz`` (user_ids, reps (n_users, M*H) float32), ``smen_loss.json``,
+      ``smen_ep<E>.pt`` (the model after E epochs, reused by 08 as its E-epoch reference)
     - 05_downstream and later: ``results.json`` and per-notebook ``NN_*.json``
     """
 
@@ -116,6 +117,9 @@ class RunPaths:
     @property
     def smen_checkpoint(self) -> Path:
         return self.root / "smen_ckpt.pt"
+
+    def smen_snapshot(self, epochs: int) -> Path:
+        return self.root / f"smen_ep{int(epochs)}.pt"
 
     @property
     def smen_loss(self) -> Path:

@@ -40,7 +40,7 @@ import dataclasses
 import hashlib
 import random
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,7 +51,7 @@ from lurm_lite import runs
 from lurm_lite.boi import BoISequences, period_index
 from lurm_lite.config import DAY_SECONDS, SMENConfig, UserTrainingConfig
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
-from lurm_lite.smen import SMEN, ScaleBatch, collate_matrix, collate_rows, row_ranges
+from lurm_lite.smen import SMEN, ScaleBatch, collate_matrix, collate_rows, row_ranges, save_smen
 
 # ---------------------------------------------------------------------------------------
 # Periods in time, and windows of rows
@@ -375,8 +375,8 @@ def _load_resumable(checkpoint_path: Path, inputs: dict, epochs: int, device: to
 def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
                device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                resume: bool = True, progress: bool = True,
-               on_epoch_end: Callable[[int, SMEN], dict | None] | None = None
-               ) -> tuple[SMEN, dict[str, list]]:
+               on_epoch_end: Callable[[int, SMEN], dict | None] | None = None,
+               snapshots: Mapping[int, str | Path] | None = None) -> tuple[SMEN, dict[str, list]]:
     """Train SMEN with the contrastive loss of §2.2.4 (eq. 3 on h(R^) of two views per user).
 
     One epoch visits every trainable user once, in a random order, ``batch_size`` users per
@@ -401,6 +401,10 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
             ``history["eval"]`` with the epoch and the number of steps so far (learning
             curves: downstream AUC or retrieval against training steps). It must not draw
             from the global RNGs if a resumed run is to match an uninterrupted one.
+        snapshots: ``{E: path}``: after epoch E the model is also written to ``path``
+            (:func:`lurm_lite.smen.save_smen`). Since epoch e samples from its own seeded RNG,
+            it is the model a run of E epochs with the same seed and settings trains:
+            notebook 08 encodes it instead of training its E-epoch reference again.
 
     Returns:
         (model in eval mode, ``{"step": loss per step, "epoch": mean loss per epoch,
@@ -454,6 +458,8 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
             model.train()
             if values is not None:
                 history["eval"].append({"epoch": epoch + 1, "step": len(history["step"]), **values})
+        if snapshots is not None and epoch + 1 in snapshots:  # before the checkpoint: a resumed run has it
+            save_smen(snapshots[epoch + 1], model)
         if checkpoint_path is not None:
             runs.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(),

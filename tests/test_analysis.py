@@ -144,6 +144,34 @@ def test_train_variant_encodes_every_user_and_caches(tmp_path):
     assert not info3["cached"]  # another seed is another variant
 
 
+def test_notebook_04s_snapshot_is_the_reference_variant_and_is_used_only_when_it_is(tmp_path):
+    """The model after epoch 1 of a 2-epoch run equals a fresh 1-epoch run; run_snapshot finds it only
+    for the same seed and settings (08 then encodes it instead of training)."""
+    from lurm_lite.runs import RunPaths, save_json
+    from lurm_lite.user_training import train_smen
+
+    boi, users = _toy_boi()
+    smen_config = SMENConfig(hidden=8, anchors=2)
+    two_epochs = UserTrainingConfig(batch_size=8, epochs=2, min_subseq_periods=2)
+    one_epoch = dataclasses.replace(two_epochs, epochs=1)
+    run = RunPaths(tmp_path)
+    _, history = train_smen(boi, smen_config, two_epochs, "cpu", 0, progress=False,
+                            snapshots={1: run.smen_snapshot(1)})
+    save_json(run.smen_loss, history)
+    save_json(run.stage_json("04_smen"), {"smen_config": smen_config.__dict__, "train_config": two_epochs.__dict__,
+                                          "seed": 0, "snapshots": {"1": "smen_ep1.pt"}})
+    shared = analysis.run_snapshot(run.root, smen_config, one_epoch, seed=0)
+    assert shared == (run.smen_snapshot(1), history["epoch"][:1])
+    reps_shared, info = analysis.train_variant(boi, smen_config, one_epoch, users, "cpu", 0, trained=shared)
+    reps_trained, info_trained = analysis.train_variant(boi, smen_config, one_epoch, users, "cpu", 0)
+    assert np.array_equal(reps_shared, reps_trained) and info["shared"] == "smen_ep1.pt"
+    assert info["loss_last_epoch"] == info_trained["loss_last_epoch"]
+    assert analysis.run_snapshot(run.root, smen_config, one_epoch, seed=1) is None
+    assert analysis.run_snapshot(run.root, smen_config, dataclasses.replace(one_epoch, lr=0.01), seed=0) is None
+    assert analysis.run_snapshot(run.root, dataclasses.replace(smen_config, anchors=3), one_epoch, seed=0) is None
+    assert analysis.run_snapshot(run.root, smen_config, dataclasses.replace(one_epoch, epochs=2), seed=0) is None
+
+
 def test_recluster_hard_and_soft_share_the_centroids():
     from lurm_lite.config import ClusteringConfig
 
