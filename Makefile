@@ -33,8 +33,9 @@ test: $(STAMP)
 readme: demo
 	$(PY) -m lurm_lite readme --run-dir $(RUN_DIR)
 
+# Jupyter refuses to start as root (the usual user in a container) without --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results

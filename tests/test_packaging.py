@@ -1,6 +1,8 @@
 """The two install paths (pip via pyproject.toml, conda via environment.yml) agree."""
 
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -43,3 +45,22 @@ def test_readme_starts_with_the_two_commands():
     commands = " ".join(first_blocks)
     assert "make demo" in commands and "make test" in commands
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_license_is_an_spdx_expression():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"  # a string (PEP 639), not the deprecated {text = ...} table
+
+
+def test_make_lab_passes_allow_root_only_to_root(tmp_path):
+    """Jupyter refuses to run as root without --allow-root; `make lab` adds it for uid 0 only."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    jupyter = venv / "bin" / "jupyter"
+    jupyter.write_text('#!/bin/sh\necho "jupyter $*"\n')
+    jupyter.chmod(0o755)
+    (venv / ".installed-stamp").touch()  # newer than pyproject.toml: make installs nothing
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "lab", f"VENV={venv}"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "jupyter lab --notebook-dir=notebooks" in out
+    assert ("--allow-root" in out) == (os.getuid() == 0)
