@@ -7,8 +7,8 @@ non-zero b_j per period (interests drawn uniformly: the worst case for the numbe
 distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 
 - ``sparse_ms[D]`` / ``dense_ms[D]``: forward + backward of the multi-anchor module, the
-  sparse path of ``lurm_lite.smen.MultiAnchor`` vs ``dense_multi_anchor`` of
-  tests/test_smen.py (O(n_rows D M H)), same process, after a warm-up, median of reps;
+  sparse path of ``lurm_lite.smen.MultiAnchor`` vs ``lurm_lite.testing.dense_multi_anchor``
+  (O(n_rows D M H)), same process, after a warm-up, median of reps;
 - ``smen_ms[D]``: forward + backward of the whole SMEN (month + year, GRU, head, loss);
 - ``optimizer_step_ms``: the step after that backward with SparseAdam on W^e (sparse
   gradient) vs dense Adam on W^e (what ``sparse_grad=False`` costs: O(D H) per step);
@@ -27,7 +27,6 @@ Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import statistics
 import sys
@@ -42,12 +41,8 @@ sys.path.insert(0, str(ROOT))
 from lurm_lite import runs  # noqa: E402
 from lurm_lite.contrastive import adam_optimizers, info_nce  # noqa: E402
 from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
+from lurm_lite.testing import dense_multi_anchor, random_boi  # noqa: E402
 from lurm_lite.user_training import encode_users, encoding_batches  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("test_smen", ROOT / "tests" / "test_smen.py")
-_test_smen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_test_smen)
-dense_multi_anchor, random_boi = _test_smen.dense_multi_anchor, _test_smen.random_boi
 
 M, H, PERIODS, NNZ = 10, 128, 24, 50
 

@@ -7,42 +7,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from lurm_lite.boi import BoISequences
 from lurm_lite.smen import SMEN, MultiAnchor, ScaleSwitch, collate_rows, load_smen, row_ranges, save_smen
-
-
-def dense_multi_anchor(b: torch.Tensor, W_e: torch.Tensor, W_a: torch.Tensor, W_p: torch.Tensor) -> torch.Tensor:
-    """Reference eq. (5)-(6) over all D interests, dense: b (n_rows, D) -> r (n_rows, M, H).
-
-    alpha_ij for every j in 1..D, then r^i = ReLU(sum_{j=1..D} alpha_ij b_j W^e_j) as one
-    (n_rows, D) x (D, M*H) product: O(n_rows D M H). Used by the tests and benchmarks/smen.py.
-    """
-    D, H = W_e.shape
-    M = W_a.shape[0]
-    k = F.relu(W_e) @ W_p.T  # (D, H) k_j = W^p ReLU(W^e_j)
-    alpha = torch.softmax(k @ W_a.T, dim=1)  # (D, M) eq. (6)
-    V = (alpha[:, :, None] * W_e[:, None, :]).reshape(D, M * H)  # (D, M*H) alpha_ij W^e_j
-    return F.relu(b @ V).reshape(-1, M, H)  # (n_rows, M, H) eq. (5)
-
-
-def random_boi(n_users: int, D: int, max_periods: int, nnz: int, seed: int, granularity: str = "month",
-               fixed: dict[int, int] | None = None) -> BoISequences:
-    """Random BoI sequences: 1..max_periods rows per user (``fixed``: user -> rows), <= nnz b_j > 0 a row."""
-    rng = np.random.default_rng(seed)
-    n_rows = rng.integers(1, max_periods + 1, n_users)
-    for user, n in (fixed or {}).items():
-        n_rows[user] = n
-    total = int(n_rows.sum())
-    behaviours = rng.integers(0, D, (total, nnz))  # nnz behaviours a row, interests uniform
-    matrix = sp.csr_matrix((np.ones(total * nnz, np.float32), (np.repeat(np.arange(total), nnz), behaviours.ravel())),
-                           shape=(total, D))
-    matrix.sum_duplicates()
-    matrix.data = np.log1p(matrix.data)  # b_j = log(1 + count), eq. (4)
-    period = np.concatenate([np.sort(rng.choice(200, n, replace=False)) for n in n_rows]).astype(np.int64)
-    return BoISequences(matrix, np.arange(n_users, dtype=np.int64) * 10,
-                        np.concatenate([[0], np.cumsum(n_rows)]).astype(np.int64), period, granularity)
+from lurm_lite.testing import dense_multi_anchor, random_boi
 
 
 def whole_batch(seqs: BoISequences, users=None):
