@@ -42,12 +42,15 @@ def test_alpha_sums_to_one_over_anchors():
     assert (alpha > 0).all()
 
 
+@pytest.mark.parametrize("path", ["V", "AnchorBags"])
 @pytest.mark.parametrize("anchors", [1, 4])
-def test_sparse_multi_anchor_equals_dense_reference_in_values_and_gradients(anchors):
+def test_sparse_multi_anchor_equals_dense_reference_in_values_and_gradients(anchors, path):
+    """Both paths of eq. (5): S (alpha (x) W^e) for small U, AnchorBags (embedding_bag) beyond."""
     torch.manual_seed(0)
     seqs = random_boi(7, 60, 4, 8, seed=2, fixed={4: 0})
     x = whole_batch(seqs)
     module = MultiAnchor(n_interests=60, hidden=6, anchors=anchors).double()
+    module.V_MAX_BYTES = 2**40 if path == "V" else 0
     weights = torch.randn(x.n_rows, anchors, 6, dtype=torch.float64)  # a loss that weighs every output
 
     r_sparse = module(x)  # (n_rows, M, H)
@@ -191,3 +194,20 @@ def test_save_and_load_smen_round_trip(tmp_path):
     assert not loaded.training and loaded.scales == ("month",)
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch), model.eval()(batch))
+
+
+def test_anchor_bags_path_gives_a_sparse_W_e_gradient_under_autocast_and_empty_batches():
+    """The embedding_bag path of eq. (5) (large U): float32 under bf16 autocast, W^e's
+    gradient sparse over the U interests present, and a batch with no rows gives (0, M, H)."""
+    seqs = random_boi(5, 200, 3, 5, seed=9)
+    x = whole_batch(seqs)
+    module = MultiAnchor(n_interests=200, hidden=8, anchors=3)
+    module.V_MAX_BYTES = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = module(x)
+    assert r.dtype == torch.float32 and r.shape == (x.n_rows, 3, 8)
+    r.sum().backward()
+    assert module.W_e.grad.is_sparse
+    assert torch.equal(torch.unique(module.W_e.grad.coalesce().indices()[0]), x.interests)
+    empty = whole_batch(seqs, users=np.array([], dtype=np.int64))
+    assert module(empty).shape == (0, 3, 8)
