@@ -1,14 +1,17 @@
 """Speed of SMEN's multi-anchor module (§2.2.1, eq. 5-6): sparse path vs dense reference.
 
-    python benchmarks/smen.py --json benchmarks/results/smen.json [--quick] [--device auto]
+    python benchmarks/smen.py --json benchmarks/results/smen.json [--quick] [--device auto] [--threads N]
 
 For D = 1e3, 1e4, 1e5 interests, one batch of 256 users x 24 periods with about 50
 non-zero b_j per period (interests drawn uniformly: the worst case for the number U of
 distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 
 - ``sparse_ms[D]`` / ``dense_ms[D]``: forward + backward of the multi-anchor module, the
-  sparse path of ``lurm_lite.smen.MultiAnchor`` vs ``dense_multi_anchor`` of
-  tests/test_smen.py (O(n_rows D M H)), same process, after a warm-up, median of reps;
+  sparse path of ``lurm_lite.smen.MultiAnchor`` vs ``lurm_lite.testing.dense_multi_anchor``
+  (O(n_rows D M H)), same process, after a warm-up, median of reps;
+- ``sparse_zipf_ms[D]``: the same for Zipf-distributed interests (P(j) ~ 1/rank^1.1, fewer
+  distinct interests U at the same nnz), ``sparse_d_scaling_zipf`` its 1e5 / 1e3 ratio
+  (``sparse_d_scaling`` = ``sparse_d_scaling_uniform``);
 - ``smen_ms[D]``: forward + backward of the whole SMEN (month + year, GRU, head, loss);
 - ``optimizer_step_ms``: the step after that backward with SparseAdam on W^e (sparse
   gradient) vs dense Adam on W^e (what ``sparse_grad=False`` costs: O(D H) per step);
@@ -22,12 +25,21 @@ distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 
 Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
 ``sparse_vs_dense_at_1e5`` (dense / sparse time) >= 10. ``--quick`` uses 64 users.
+
+Measured (2-core shared machine under heavy load from other jobs, load average ~8, so
+absolute times are inflated and noisy; ``--quick --threads 1``, median of 3):
+before MultiAnchor's AnchorBags path (V = alpha (x) W^e always, default 2 threads):
+sparse_ms 59.5 / 217.9 / 1362.8 ms at D = 1e3 / 1e4 / 1e5, sparse_d_scaling 22.9, SMEN
+324 / 2119 / 13636 ms. After: uniform 230 / 373 / 523 ms (sparse_d_scaling 2.27; U =
+1000 / 9996 / 53833), Zipf 183 / 186 / 265 ms (sparse_d_scaling_zipf 1.44; U = 1000 /
+6670 / 14162), SMEN 1288 / 1646 / 1788 ms. The D = 1e3 rows run the unchanged S V path.
+Optimizer step (all of SMEN's parameters) SparseAdam vs Adam on W^e: 34.8 vs 32.8,
+96.5 vs 53.6, 530 vs 391 ms.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import statistics
 import sys
@@ -42,12 +54,8 @@ sys.path.insert(0, str(ROOT))
 from lurm_lite import runs  # noqa: E402
 from lurm_lite.contrastive import adam_optimizers, info_nce  # noqa: E402
 from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
+from lurm_lite.testing import dense_multi_anchor, random_boi  # noqa: E402
 from lurm_lite.user_training import encode_users, encoding_batches  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("test_smen", ROOT / "tests" / "test_smen.py")
-_test_smen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_test_smen)
-dense_multi_anchor, random_boi = _test_smen.dense_multi_anchor, _test_smen.random_boi
 
 M, H, PERIODS, NNZ = 10, 128, 24, 50
 
@@ -96,10 +104,13 @@ def mm_gflops(dev: torch.device, reps: int) -> float:
     return 2 * 4096 * 1024 * 1024 / (ms / 1000) / 1e9
 
 
-def scale_batches(n_users: int, D: int, seed: int):
+ZIPF = 1.1  # exponent of the skewed interests: P(j) ~ 1 / rank^1.1
+
+
+def scale_batches(n_users: int, D: int, seed: int, zipf: float | None = None):
     """{month: 24 periods a user, year: 2 periods a user} BoI and their ScaleBatch."""
     everyone = {k: PERIODS for k in range(n_users)}
-    month = random_boi(n_users, D, PERIODS, NNZ, seed, "month", fixed=everyone)
+    month = random_boi(n_users, D, PERIODS, NNZ, seed, "month", fixed=everyone, zipf=zipf)
     year = random_boi(n_users, D, 2, 4 * NNZ, seed + 1, "year", fixed={k: 2 for k in range(n_users)})
     boi = {"month": month, "year": year}
     batch = {g: collate_rows(s, *row_ranges(s.user_ptr[:-1], s.user_ptr[1:])) for g, s in boi.items()}
@@ -128,6 +139,16 @@ def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
 
     out = {"n_rows": x.n_rows, "nnz": int(x.nz_value.numel()), "distinct_interests_U": int(x.interests.numel())}
     out["sparse_ms"], out["sparse_reps"] = timed(sparse_step, dev, reps)
+    _, zbatch = scale_batches(n_users, D, seed=D, zipf=ZIPF)
+    xz = zbatch["month"].to(dev)
+    gz = torch.randn(xz.n_rows, M, H, device=dev)
+
+    def zipf_step():
+        module.zero_grad(set_to_none=True)
+        (module(xz) * gz).sum().backward()
+
+    out["sparse_zipf_ms"], _ = timed(zipf_step, dev, reps)
+    out["zipf_nnz"], out["zipf_distinct_interests_U"] = int(xz.nz_value.numel()), int(xz.interests.numel())
     out["dense_ms"], out["dense_reps"] = timed(dense_step, dev, reps)
 
     # whole SMEN forward + backward, then the optimizer step: SparseAdam vs dense Adam on W^e
@@ -155,7 +176,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument("--quick", action="store_true", help="64 users instead of 256, fewer reps")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = runs.device(args.device)
     n_users, reps = (64, 3) if args.quick else (256, 5)
     t0 = time.perf_counter()
@@ -187,7 +211,10 @@ def main(argv=None) -> dict:
         "smen_ms": {D: r["smen_ms"] for D, r in per_d.items()},
         "optimizer_step_ms": {"sparse_adam": {D: r["step_sparse_adam_ms"] for D, r in per_d.items()},
                               "dense_adam": {D: r["step_dense_adam_ms"] for D, r in per_d.items()}},
+        "sparse_zipf_ms": {D: r["sparse_zipf_ms"] for D, r in per_d.items()},
         "sparse_d_scaling": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
+        "sparse_d_scaling_uniform": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
+        "sparse_d_scaling_zipf": per_d[100_000]["sparse_zipf_ms"] / per_d[1_000]["sparse_zipf_ms"],
         "sparse_vs_dense_at_1e5": per_d[100_000]["dense_ms"] / per_d[100_000]["sparse_ms"],
         "users_encoded_per_s": n_encode / (encode_ms / 1000),
         "mm_gflops": peak,
@@ -200,7 +227,7 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - t0,
     }
     runs.save_json(args.json, results)
-    print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (target <= 1.5), sparse_vs_dense_at_1e5 "
+    print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (zipf {results['sparse_d_scaling_zipf']:.2f}; target <= 1.5), sparse_vs_dense_at_1e5 "
           f"{results['sparse_vs_dense_at_1e5']:.1f} (target >= 10), users_encoded_per_s "
           f"{results['users_encoded_per_s']:.0f}; training {train_gflops:.1f} GFLOP/s "
           f"({results['train_flops_fraction']:.0%} of torch.mm's {peak:.1f}), encoding "

@@ -134,12 +134,22 @@ class MultiAnchor(nn.Module):
         r^i      = ReLU( sum_j alpha_ij b_j W^e_j )                  eq. (5)
 
     alpha_ij depends on the interest j only, so it is computed once for the U interests
-    present in the batch; then V_j = alpha_.j (x) W^e_j (M, H) and r = ReLU(S V) where S is
-    the sparse (n_rows, U) matrix of the b_j. Cost O(U M H + nnz M H) with U <= nnz,
-    independent of D; memory O(U M H) for V. U does grow with D until it nears nnz (many
-    rare interests), and V then no longer fits in cache (benchmarks/smen.py measures it).
+    present in the batch (O(U M H)). Eq. (5) is then computed from the nnz non-zero b_j only,
+    by one of two exact paths, O(nnz M H) either way, independent of D:
+
+    - small U: V_j = alpha_.j (x) W^e_j (U, M*H) and r = ReLU(S V), S the sparse (n_rows, U)
+      matrix of the b_j; memory O(U M H) for V;
+    - U M H * 4 bytes > ``V_MAX_BYTES`` (16 MiB: U > 3276 at M = 10, H = 128): :class:`AnchorBags`,
+      embedding_bag over the (U, H) rows W^e_j with weights b_j alpha_ij, no U x M x H tensor.
+
+    The rule is measured (benchmarks/smen.py, forward + backward, 1 thread, 256 users x 24
+    months x ~50 non-zeros, M = 10, H = 128): S V is ~2x faster while V stays in cache (U =
+    1e3), the two are even near U = 3e3, and past that V falls out of cache and S V slows
+    with U (U = 9.5e4: S V 4.3-5.4 s, AnchorBags 1.4-1.6 s). AnchorBags still grows with U
+    through alpha (O(U M H)) and its per-non-zero gradient kernels; see the numbers in
+    benchmarks/smen.py's docstring.
     With ``sparse=True`` the gradient of W^e is a sparse tensor over the U rows looked up
-    (use ``torch.optim.SparseAdam`` for it), so no step does O(D H) work.
+    (see ``lurm_lite.contrastive.adam_optimizers`` for how it is stepped).
 
     Initialisation (the paper is silent; chosen by measurement): W^e ~ N(0, 1), W^p
     uniform(+-1/sqrt(H)) and W^a ~ N(0, (ANCHOR_INIT_SCALE / sqrt(H))^2). With the usual
@@ -151,6 +161,8 @@ class MultiAnchor(nn.Module):
     age AUC 75.3 -> 83.9, and after 6 epochs of training SMEN scores age 79.6 -> 82.4,
     baby_age 76.6 -> 77.9 (the future-category tasks 81.2 / 78.1 -> 79.0 / 75.4).
     """
+
+    V_MAX_BYTES = 16 * 2**20  # largest V = alpha (x) W^e (U, M*H) float32 formed; beyond, AnchorBags
 
     def __init__(self, n_interests: int, hidden: int, anchors: int, sparse: bool = True):
         super().__init__()
@@ -171,19 +183,87 @@ class MultiAnchor(nn.Module):
         return torch.softmax(logits, dim=1)
 
     def forward(self, x: ScaleBatch) -> torch.Tensor:
-        """Eq. (5) for every row b_t of the batch: returns r (n_rows, M, H)."""
+        """Eq. (5) for every row b_t of the batch: returns r (n_rows, M, H).
+
+        Two exact paths (equal to float tolerance, tests/test_smen.py): while V = alpha (x) W^e
+        of the U interests present fits in ``V_MAX_BYTES``, one sparse product S V; beyond,
+        :class:`AnchorBags`, which never forms V. See the class docstring for the measurements.
+        """
         M, H = self.W_a.shape
         W_e_j = F.embedding(x.interests, self.W_e, sparse=self.sparse)  # (U, H)
         alpha = self.alpha(W_e_j)  # (U, M)
-        V = (alpha[:, :, None] * W_e_j[:, None, :]).reshape(-1, M * H)  # (U, M*H) alpha_ij W^e_j
-        dtype = torch.promote_types(V.dtype, torch.float32)  # sparse kernels: no bf16/fp16 (AMP)
-        with torch.autocast(V.device.type, enabled=False):
-            b = torch.sparse_coo_tensor(  # (n_rows, U) sparse, entries b_j (sorted: coalesced)
-                torch.stack([x.nz_row, x.nz_col]), x.nz_value.to(dtype), (x.n_rows, V.shape[0]),
-                is_coalesced=True, check_invariants=False,
-            )
-            r = torch.sparse.mm(b, V.to(dtype))  # (n_rows, M*H) sum_j alpha_ij b_j W^e_j
-        return F.relu(r).view(-1, M, H)  # (n_rows, M, H)
+        dtype = torch.promote_types(W_e_j.dtype, torch.float32)  # sparse kernels: no bf16/fp16 (AMP)
+        with torch.autocast(W_e_j.device.type, enabled=False):
+            if W_e_j.shape[0] * M * H * 4 <= self.V_MAX_BYTES:
+                V = (alpha[:, :, None] * W_e_j[:, None, :]).reshape(-1, M * H).to(dtype)  # (U, M*H) alpha_ij W^e_j
+                b = torch.sparse_coo_tensor(  # (n_rows, U) sparse, entries b_j (sorted: coalesced)
+                    torch.stack([x.nz_row, x.nz_col]), x.nz_value.to(dtype), (x.n_rows, V.shape[0]),
+                    is_coalesced=True, check_invariants=False,
+                )
+                r = torch.sparse.mm(b, V)  # (n_rows, M*H) sum_j alpha_ij b_j W^e_j
+            else:
+                w = x.nz_value.to(dtype)[:, None] * alpha.to(dtype).index_select(0, x.nz_col)  # (nnz, M) b_j alpha_ij
+                r = AnchorBags.apply(W_e_j.to(dtype), w, x.nz_row, x.nz_col, x.n_rows)  # (n_rows*M, H)
+        return F.relu(r).view(-1, M, H)
+
+
+class AnchorBags(torch.autograd.Function):
+    """sum_j alpha_ij b_j W^e_j of eq. (5) for every (row, anchor i), with no (U, M, H) tensor.
+
+    ``forward(W_e_j (U, H), w (nnz, M), nz_row (nnz,), nz_col (nnz,), n_rows) -> (n_rows*M, H)``
+    where w[k, i] = b_j alpha_ij of the k-th non-zero (row nz_row[k], interest nz_col[k]).
+
+    Forward: one ``F.embedding_bag`` (mode "sum") over the U gathered rows W^e_j, one bag per
+    (row, anchor) pair (rows ascending, the M anchors of a row next to each other, so the
+    row's W^e_j stay in cache for its M bags), each bag holding the row's interests with
+    per-sample weights w[:, i]. Backward, also without a (U, M, H) tensor:
+
+    - dL/dw[k, i] = G[row_k, i] . W^e_j (j = nz_col[k]): embedding_bag's own per-sample-weight
+      gradient kernel (``aten::_embedding_bag_per_sample_weights_backward``), nnz M dot products;
+    - dL/dW^e_j = sum_{k: nz_col[k] = j} sum_i w[k, i] G[row_k, i]: a second embedding_bag
+      over the rows of G (n_rows*M, H), one bag of M rows per non-zero (G read in order),
+      then ``index_add_`` into the U rows. embedding_bag's own weight gradient would sort the
+      nnz M indices on the CPU (measured ~2x slower).
+
+    Cost O(nnz M H) each way, memory O(nnz M) indices; no term grows with D.
+    """
+
+    @staticmethod
+    def forward(ctx, W_e_j, w, nz_row, nz_col, n_rows):
+        nnz, M = w.shape
+        dev = w.device
+        anchors = torch.arange(M, device=dev)  # (M,)
+        count = torch.bincount(nz_row, minlength=n_rows)  # (n_rows,) non-zeros of each row
+        start = torch.cumsum(count, 0) - count  # (n_rows,) its first non-zero
+        # Entry (k, i) of bag (row_k, i) sits at slot start*M + i*count + (k - start) of the bags' flat input.
+        slot = ((torch.arange(nnz, device=dev) + (M - 1) * start[nz_row])[:, None]
+                + count[nz_row][:, None] * anchors).reshape(-1)  # (nnz*M,) in (k, i) order
+        bag = (nz_row[:, None] * M + anchors).reshape(-1)  # (nnz*M,) bag row*M + i of entry (k, i)
+        indices = torch.empty_like(slot).index_copy_(0, slot, nz_col.repeat_interleave(M))  # (nnz*M,) j
+        offset2bag = torch.empty_like(slot).index_copy_(0, slot, bag)  # (nnz*M,)
+        weights = torch.empty(nnz * M, dtype=w.dtype, device=dev).index_copy_(0, slot, w.reshape(-1))
+        offsets = (start[:, None] * M + anchors * count[:, None]).reshape(-1)  # (n_rows*M,) bag starts
+        out = F.embedding_bag(indices, W_e_j, offsets, mode="sum", per_sample_weights=weights)  # (n_rows*M, H)
+        ctx.save_for_backward(W_e_j, w, nz_row, nz_col, indices, offsets, offset2bag, slot)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        W_e_j, w, nz_row, nz_col, indices, offsets, offset2bag, slot = ctx.saved_tensors
+        G = grad_out.contiguous()  # (n_rows*M, H)
+        nnz, M = w.shape
+        grad_W = grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                G, W_e_j, indices, offsets, offset2bag, 0)  # (nnz*M,) mode 0: sum
+            grad_w = grad_weights.index_select(0, slot).view(nnz, M)  # (nnz, M) back to (k, i) order
+        if ctx.needs_input_grad[0]:
+            # per non-zero k: sum_i w[k, i] G[row_k, i], a bag of the M rows row_k*M + i of G, read
+            # in order (non-zeros are sorted by row); then summed into the U rows by interest
+            rows = nz_row[:, None] * M + torch.arange(M, device=G.device)  # (nnz, M)
+            per_nonzero = F.embedding_bag(rows, G, mode="sum", per_sample_weights=w)  # (nnz, H)
+            grad_W = torch.zeros_like(W_e_j).index_add_(0, nz_col, per_nonzero)  # (U, H)
+        return grad_W, grad_w, None, None, None
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,42 +7,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from lurm_lite.boi import BoISequences
 from lurm_lite.smen import SMEN, MultiAnchor, ScaleSwitch, collate_rows, load_smen, row_ranges, save_smen
-
-
-def dense_multi_anchor(b: torch.Tensor, W_e: torch.Tensor, W_a: torch.Tensor, W_p: torch.Tensor) -> torch.Tensor:
-    """Reference eq. (5)-(6) over all D interests, dense: b (n_rows, D) -> r (n_rows, M, H).
-
-    alpha_ij for every j in 1..D, then r^i = ReLU(sum_{j=1..D} alpha_ij b_j W^e_j) as one
-    (n_rows, D) x (D, M*H) product: O(n_rows D M H). Used by the tests and benchmarks/smen.py.
-    """
-    D, H = W_e.shape
-    M = W_a.shape[0]
-    k = F.relu(W_e) @ W_p.T  # (D, H) k_j = W^p ReLU(W^e_j)
-    alpha = torch.softmax(k @ W_a.T, dim=1)  # (D, M) eq. (6)
-    V = (alpha[:, :, None] * W_e[:, None, :]).reshape(D, M * H)  # (D, M*H) alpha_ij W^e_j
-    return F.relu(b @ V).reshape(-1, M, H)  # (n_rows, M, H) eq. (5)
-
-
-def random_boi(n_users: int, D: int, max_periods: int, nnz: int, seed: int, granularity: str = "month",
-               fixed: dict[int, int] | None = None) -> BoISequences:
-    """Random BoI sequences: 1..max_periods rows per user (``fixed``: user -> rows), <= nnz b_j > 0 a row."""
-    rng = np.random.default_rng(seed)
-    n_rows = rng.integers(1, max_periods + 1, n_users)
-    for user, n in (fixed or {}).items():
-        n_rows[user] = n
-    total = int(n_rows.sum())
-    behaviours = rng.integers(0, D, (total, nnz))  # nnz behaviours a row, interests uniform
-    matrix = sp.csr_matrix((np.ones(total * nnz, np.float32), (np.repeat(np.arange(total), nnz), behaviours.ravel())),
-                           shape=(total, D))
-    matrix.sum_duplicates()
-    matrix.data = np.log1p(matrix.data)  # b_j = log(1 + count), eq. (4)
-    period = np.concatenate([np.sort(rng.choice(200, n, replace=False)) for n in n_rows]).astype(np.int64)
-    return BoISequences(matrix, np.arange(n_users, dtype=np.int64) * 10,
-                        np.concatenate([[0], np.cumsum(n_rows)]).astype(np.int64), period, granularity)
+from lurm_lite.testing import dense_multi_anchor, random_boi
 
 
 def whole_batch(seqs: BoISequences, users=None):
@@ -74,12 +42,15 @@ def test_alpha_sums_to_one_over_anchors():
     assert (alpha > 0).all()
 
 
+@pytest.mark.parametrize("path", ["V", "AnchorBags"])
 @pytest.mark.parametrize("anchors", [1, 4])
-def test_sparse_multi_anchor_equals_dense_reference_in_values_and_gradients(anchors):
+def test_sparse_multi_anchor_equals_dense_reference_in_values_and_gradients(anchors, path):
+    """Both paths of eq. (5): S (alpha (x) W^e) for small U, AnchorBags (embedding_bag) beyond."""
     torch.manual_seed(0)
     seqs = random_boi(7, 60, 4, 8, seed=2, fixed={4: 0})
     x = whole_batch(seqs)
     module = MultiAnchor(n_interests=60, hidden=6, anchors=anchors).double()
+    module.V_MAX_BYTES = 2**40 if path == "V" else 0
     weights = torch.randn(x.n_rows, anchors, 6, dtype=torch.float64)  # a loss that weighs every output
 
     r_sparse = module(x)  # (n_rows, M, H)
@@ -223,3 +194,20 @@ def test_save_and_load_smen_round_trip(tmp_path):
     assert not loaded.training and loaded.scales == ("month",)
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch), model.eval()(batch))
+
+
+def test_anchor_bags_path_gives_a_sparse_W_e_gradient_under_autocast_and_empty_batches():
+    """The embedding_bag path of eq. (5) (large U): float32 under bf16 autocast, W^e's
+    gradient sparse over the U interests present, and a batch with no rows gives (0, M, H)."""
+    seqs = random_boi(5, 200, 3, 5, seed=9)
+    x = whole_batch(seqs)
+    module = MultiAnchor(n_interests=200, hidden=8, anchors=3)
+    module.V_MAX_BYTES = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = module(x)
+    assert r.dtype == torch.float32 and r.shape == (x.n_rows, 3, 8)
+    r.sum().backward()
+    assert module.W_e.grad.is_sparse
+    assert torch.equal(torch.unique(module.W_e.grad.coalesce().indices()[0]), x.interests)
+    empty = whole_batch(seqs, users=np.array([], dtype=np.int64))
+    assert module(empty).shape == (0, 3, 8)
