@@ -13,8 +13,10 @@ distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
   distinct interests U at the same nnz), ``sparse_d_scaling_zipf`` its 1e5 / 1e3 ratio
   (``sparse_d_scaling`` = ``sparse_d_scaling_uniform``);
 - ``smen_ms[D]``: forward + backward of the whole SMEN (month + year, GRU, head, loss);
-- ``optimizer_step_ms``: the step after that backward with SparseAdam on W^e (sparse
-  gradient) vs dense Adam on W^e (what ``sparse_grad=False`` costs: O(D H) per step);
+- ``optimizer_step_ms``: the step of all SMEN's parameters after that backward, W^e
+  stepped by the kit's ``RowAdam`` (``row_adam``, sparse gradient), by torch's SparseAdam
+  (the same rule, ``torch_sparse_adam``) and by dense Adam (``dense_adam``: what
+  ``sparse_grad=False`` costs, O(D H) per step);
 - ``users_encoded_per_s``: ``encode_users`` throughput at D = 1e5;
 - ``train_gflops`` / ``encode_gflops``: the arithmetic rate of the whole-SMEN training step
   (``smen_ms`` at D = 1e5) and of encoding, FLOPs counted from the shapes
@@ -162,10 +164,12 @@ def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
 
     out["smen_ms"], _ = timed(lambda: smen_fwd_bwd(model), dev, reps)
     out["smen_train_gflop"] = 3 * smen_forward_flops(full, n_users) / 1e9  # forward + backward (2x)
-    for name, sparse in (("sparse_adam", True), ("dense_adam", False)):
+    for name, sparse in (("row_adam", True), ("torch_sparse_adam", True), ("dense_adam", False)):
         torch.manual_seed(0)
         m = SMEN(D, H, M, ("month", "year"), sparse=sparse).to(dev)
-        optimizers = adam_optimizers(m.dense_parameters(), m.sparse_parameters(), lr=1e-3)
+        optimizers = adam_optimizers(m.dense_parameters(), m.sparse_parameters(), lr=1e-3)  # W^e: RowAdam
+        if name == "torch_sparse_adam":
+            optimizers[1] = torch.optim.SparseAdam(m.sparse_parameters(), lr=1e-3)
         smen_fwd_bwd(m)
         out[f"step_{name}_ms"], _ = timed(lambda opts=optimizers: [o.step() for o in opts], dev, reps)
     return out
@@ -187,8 +191,8 @@ def main(argv=None) -> dict:
     for D in (1_000, 10_000, 100_000):
         per_d[D] = bench_d(D, n_users, dev, reps)
         print(f"D={D:>6}: sparse {per_d[D]['sparse_ms']:.1f} ms, dense {per_d[D]['dense_ms']:.1f} ms, "
-              f"SMEN {per_d[D]['smen_ms']:.1f} ms, step SparseAdam {per_d[D]['step_sparse_adam_ms']:.1f} ms "
-              f"vs Adam {per_d[D]['step_dense_adam_ms']:.1f} ms", flush=True)
+              f"SMEN {per_d[D]['smen_ms']:.1f} ms, step RowAdam {per_d[D]['step_row_adam_ms']:.1f} ms, SparseAdam "
+              f"{per_d[D]['step_torch_sparse_adam_ms']:.1f} ms, Adam {per_d[D]['step_dense_adam_ms']:.1f} ms", flush=True)
 
     n_encode = 2048 if not args.quick else 512
     boi, _ = scale_batches(n_encode, 100_000, seed=1)
@@ -209,8 +213,8 @@ def main(argv=None) -> dict:
         "sparse_ms": {D: r["sparse_ms"] for D, r in per_d.items()},
         "dense_ms": {D: r["dense_ms"] for D, r in per_d.items()},
         "smen_ms": {D: r["smen_ms"] for D, r in per_d.items()},
-        "optimizer_step_ms": {"sparse_adam": {D: r["step_sparse_adam_ms"] for D, r in per_d.items()},
-                              "dense_adam": {D: r["step_dense_adam_ms"] for D, r in per_d.items()}},
+        "optimizer_step_ms": {name: {D: r[f"step_{name}_ms"] for D, r in per_d.items()}
+                              for name in ("row_adam", "torch_sparse_adam", "dense_adam")},
         "sparse_zipf_ms": {D: r["sparse_zipf_ms"] for D, r in per_d.items()},
         "sparse_d_scaling": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
         "sparse_d_scaling_uniform": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],

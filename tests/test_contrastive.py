@@ -1,7 +1,9 @@
 import math
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 from lurm_lite.contrastive import info_nce
 
@@ -53,3 +55,30 @@ def test_gradient_flows_and_pulls_positives_together():
     assert torch.all(x.grad.norm(dim=1) > 0) and torch.all(y.grad.norm(dim=1) > 0)
     with torch.no_grad():  # a small step against the gradient lowers the loss
         assert info_nce(x - 0.01 * x.grad, y - 0.01 * y.grad, 0.1) < loss
+
+
+def test_row_adam_follows_sparse_adam_and_touches_only_the_rows_used():
+    """RowAdam is SparseAdam's lazy rule (to float rounding) over steps with uncoalesced gradients;
+    rows no batch used keep their weights and moments."""
+    from lurm_lite.contrastive import RowAdam
+
+    torch.manual_seed(0)
+    reference = torch.nn.Parameter(torch.randn(50, 8))
+    ours = torch.nn.Parameter(reference.detach().clone())
+    optimizers = [torch.optim.SparseAdam([reference], lr=0.01), RowAdam([ours], lr=0.01)]
+    used = torch.zeros(50, dtype=torch.bool)
+    for step in range(5):
+        rows = torch.randint(0, 40, (30,))  # rows 40..49 never used; repeats within a batch
+        used[rows] = True
+        for table, optimizer in zip((reference, ours), optimizers):
+            lookup = F.embedding(rows, table, sparse=True)  # (30, 8), a sparse gradient for the table
+            (lookup.pow(2).sum() + F.embedding(rows[:7], table, sparse=True).sum()).backward()  # two lookups
+            optimizer.step()
+            optimizer.zero_grad()
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    state = optimizers[1].state[ours]
+    assert state["step"] == 5 and not state["exp_avg"][~used].any() and not state["exp_avg_sq"][~used].any()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        dense = torch.nn.Parameter(torch.ones(3))
+        dense.sum().backward()
+        RowAdam([dense]).step()
