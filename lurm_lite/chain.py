@@ -56,6 +56,34 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 BUILTIN_DATASETS = ("synthetic", "movielens")
 
 
+def _quiet_kernel_manager():
+    """A papermill kernel manager that leaves nothing misleading in the run log.
+
+    - Transport: local IPC sockets, not TCP. Over TCP every kernel logs "Kernel is running
+      over TCP without encryption" (ipykernel); IPC sockets are files in Jupyter's runtime
+      directory, readable by this user only, so there is nothing to warn about.
+    - Shutdown: jupyter_client interrupts a kernel before asking it to shut down, with a
+      SIGINT to the kernel's whole process group, so each successful notebook logged
+      "KeyboardInterrupt caught in kernel", and the probe's worker processes
+      (``downstream.probe_workers``) printed KeyboardInterrupt tracebacks. The kernel is
+      idle when the chain shuts it down; it is asked to shut down without the interrupt.
+      (``_async_interrupt_kernel`` is jupyter_client's own hook, used for shutdown only;
+      tests/test_chain.py checks that a chain's log holds neither message.)
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:  # a real interrupt (a user's) still goes through
+                await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
 class ChainError(ValueError):
     """A bad request to the chain runner (unknown parameter, missing notebook, ...)."""
 
@@ -472,6 +500,7 @@ def _run_stages(run: RunPaths, chain: list[Path], notebooks: list[Path], declare
                 str(executed),
                 parameters=params,
                 kernel_name="python3",
+                kernel_manager_class=_quiet_kernel_manager(),
                 cwd=str(nb.parent),
                 progress_bar=sys.stderr.isatty(),
             )

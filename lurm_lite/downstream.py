@@ -30,6 +30,7 @@ import copy
 import math
 import multiprocessing
 import os
+import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -436,12 +437,19 @@ def probe_workers(config: DownstreamConfig, device: str | torch.device, n_tasks:
 _PROBE_POOLS: dict[int, ProcessPoolExecutor] = {}  # worker count -> pool, kept for the process's life
 
 
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C (a SIGINT to the whole process group, e.g. a notebook's
+    interrupt) stops the caller waiting for results, not the workers, so the pool survives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _probe_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes started with ``spawn`` (safe after torch's threads
     exist, and the same on Linux, macOS and Windows), reused by later calls: a worker pays
     the import of torch once."""
     if workers not in _PROBE_POOLS:
-        _PROBE_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        _PROBE_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_ignore_interrupts)
     return _PROBE_POOLS[workers]
 
 

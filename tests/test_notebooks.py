@@ -107,7 +107,7 @@ def test_rerun_skips_completed_stages_and_a_changed_parameter_reruns_from_there(
 
 
 @pytest.mark.notebook
-def test_whole_chain_on_movielens(tmp_path):
+def test_whole_chain_on_movielens(tmp_path, capfd):
     pytest.importorskip("data_prep.movielens")
     try:
         from data_prep import movielens
@@ -119,6 +119,8 @@ def test_whole_chain_on_movielens(tmp_path):
     chain.run_chain("movielens", "tiny", run_dir, device="cpu", seed=0, log=lambda _: None)
     run = RunPaths(run_dir)
     _check_run(run, load_json(run.dataset / "dataset.json"))
+    printed = "".join(capfd.readouterr())  # what the kernels and the probe's workers printed
+    assert "without encryption" not in printed and "KeyboardInterrupt" not in printed, printed[-2000:]
 
 
 @pytest.mark.notebook
