@@ -295,7 +295,8 @@ def _run_lengths(run_starts: np.ndarray, n: int) -> np.ndarray:
 
 
 def _count_hard(row_len: np.ndarray, interest: np.ndarray, n_interests: int):
-    """Counts of (row, interest) pairs, hard assignment, from one sort of the block's keys.
+    """b_t,j = log(1 + count of the row's behaviours on c_j) of eq. (4), hard assignment, for
+    the R rows t of one block, from one sort of the block's keys.
 
     The key of a behaviour is row * D + c_j. Rows ascend along the block, so sorting the keys
     keeps every row's behaviours in place with its interests ascending, and a behaviour whose
@@ -324,14 +325,16 @@ def _count_hard(row_len: np.ndarray, interest: np.ndarray, n_interests: int):
     entry_of_repeat = repeats - np.arange(1, len(repeats) + 1)  # (n_rep,) ascending
     first = _run_starts(entry_of_repeat)  # (n_heavy,) one per entry counted more than once
     heavy_counts = 1 + _run_lengths(first, len(repeats))  # (n_heavy,)
-    log1p = np.log1p(np.arange(int(heavy_counts.max(initial=1)) + 1, dtype=np.float32))  # log(1 + count) by count
+    # log(1 + count) by count: float32 np.log1p of float32 counts, as if applied to every entry.
+    log1p = np.log1p(np.arange(int(heavy_counts.max(initial=1)) + 1, dtype=np.float32))
     values = np.full(len(cols), log1p[1], dtype=np.float32)  # (nnz,) b_t entries, eq. (4)
     values[entry_of_repeat[first]] = log1p[heavy_counts]
     return row_nnz, cols, values
 
 
 def _count_soft(row_len: np.ndarray, items: np.ndarray, soft: sp.csr_matrix, n_interests: int):
-    """Summed weights of (row, interest) pairs: behaviour b adds soft[item_b, j] to interest j.
+    """b_t,j of eq. (4) with a soft assignment: behaviour b adds soft[item_b, j] to the count of
+    interest j in its row, summed in float64 in behaviour order.
 
     Args: row_len (R,) behaviours per row (rows are consecutive), items (n,), soft (n_items, D).
     Returns (row_nnz (R,) int64, cols (nnz,) int32, values (nnz,) float32 = log(1 + sum)).
