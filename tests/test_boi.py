@@ -252,3 +252,12 @@ def test_growing_array_spans_segments_and_empty_window_gives_empty_boi():
     np.testing.assert_array_equal(grown.take(np.int32), np.arange(12))
     empty = build_boi(np.array([1]), np.array([0]), np.array([0]), np.zeros(1, np.int64), D, start_ts=10)["month"]
     assert empty.matrix.shape == (0, D) and empty.n_users == 0 and empty.user_ptr.tolist() == [0]
+
+
+def test_uint64_keys_when_row_times_d_overflows_uint32():
+    """With D = 2^31, row * D + c_j no longer fits a uint32 key: the same counts come from uint64 keys."""
+    user_ids, item_ids, ts = _random_log(seed=12, n=400, n_users=8)
+    assignment = np.random.default_rng(13).choice([0, 5, 2**31 - 1], 50)
+    boi = build_boi(user_ids, item_ids, ts, assignment, 2**31)
+    for granularity in ("month", "year"):
+        _assert_same(_as_dict(boi[granularity]), _reference(user_ids, item_ids, ts, assignment, granularity))
