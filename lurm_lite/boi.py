@@ -9,11 +9,13 @@ assignment each behaviour spreads a unit mass over its interests, and the count 
 the sum of the behaviours' weights on c_j.
 
 BoI is a sparse group-by count over behaviours sorted by (user, ts) (DESIGN.md, performance
-principles). Behaviours are processed in cache-sized blocks of whole users: the period of
-every behaviour (calendar month and year in the same pass), the row of its (user, period)
-from the changes along the sorted arrays, then one sort of the composite key
-row * D + interest whose runs are the counts. No Python loop per behaviour or per user;
-memory is bounded by one chunk of users plus the output.
+principles). Behaviours are processed in cache-sized blocks of whole users, all granularities
+in one pass over a block: the interest and the period of every behaviour, and the rows
+(user, period t) of b_t from the changes along the sorted arrays, are computed once; a
+granularity nested in a finer requested one (year in month) takes its rows from the finer
+rows instead of from the behaviours. Each granularity's counts then come from one sort of
+the uint32 key row * D + interest, whose runs are the counts. No Python loop per behaviour or
+per user; memory is bounded by one chunk of users plus the output.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lurm_lite.runs import save_npz
 DAY_SECONDS = 86_400
 LIFE = "life"  # granularity of whole_life_boi: one period per user
 _FIXED_INTERVAL = re.compile(r"^([1-9][0-9]*)d$")
-_MAX_BLOCK_BEHAVIORS = 1 << 16  # behaviours per block: its temporaries stay in the CPU cache
+_MAX_BLOCK_BEHAVIORS = 1 << 15  # behaviours per block: its temporaries stay in the L2 cache (~12% faster than 2^16)
 
 
 @dataclass
@@ -129,8 +131,7 @@ def period_index(ts: np.ndarray, granularity: str) -> np.ndarray:
 
 
 def _periods(ts: np.ndarray, granularities: Sequence[str], month_of_day: _MonthOfDay) -> dict[str, np.ndarray]:
-    """Period index of every behaviour at every granularity; month and year share one pass
-    (year = floor(month / 12))."""
+    """Period index of every behaviour at every granularity: (n,) int64 each."""
     out = {}
     if "month" in granularities or "year" in granularities:
         month = month_of_day(ts // DAY_SECONDS)  # (n,)
@@ -144,6 +145,36 @@ def _periods(ts: np.ndarray, granularities: Sequence[str], month_of_day: _MonthO
         elif match := _FIXED_INTERVAL.match(granularity):
             out[granularity] = ts // (int(match.group(1)) * DAY_SECONDS)
     return out
+
+
+def _period_days(granularity: str) -> float:
+    """Typical length of a period in days, to order granularities from fine to coarse."""
+    lengths = {"month": 30.44, "year": 365.25, LIFE: np.inf}
+    return lengths[granularity] if granularity in lengths else int(granularity[:-1])
+
+
+def _nests(fine: str, coarse: str) -> bool:
+    """Whether every period of ``coarse`` is a union of whole periods of ``fine``."""
+    if coarse == LIFE or (fine, coarse) == ("month", "year"):
+        return fine != coarse
+    fine_days, coarse_days = _FIXED_INTERVAL.match(fine), _FIXED_INTERVAL.match(coarse)
+    return bool(fine_days and coarse_days) and fine != coarse and int(coarse_days[1]) % int(fine_days[1]) == 0
+
+
+def _sources(granularities: Sequence[str]) -> dict[str, str | None]:
+    """{granularity: the coarsest other requested granularity nesting in it (its rows are
+    built from that one's rows), or None (rows from the behaviours)}, finer before coarser."""
+    ordered = sorted(dict.fromkeys(granularities), key=_period_days)
+    return {g: max((f for f in ordered if _nests(f, g)), key=_period_days, default=None) for g in ordered}
+
+
+def _coarser_period(period: np.ndarray, fine: str, coarse: str) -> np.ndarray:
+    """Periods of ``coarse`` from those of a ``fine`` that nests in it (:func:`_nests`)."""
+    if coarse == LIFE:
+        return np.zeros_like(period)
+    if fine == "month":  # coarse is "year"
+        return period // 12
+    return period // (int(coarse[:-1]) // int(fine[:-1]))  # "<N>d" -> "<kN>d"
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,9 +234,9 @@ class _BoIRows:
         self.values = _GrowingArray(np.float32)  # (nnz,) log(1 + count)
 
     def add(self, row_user, row_period, row_nnz, cols, values) -> None:
-        user_first_row = np.flatnonzero(np.r_[True, row_user[1:] != row_user[:-1]])  # (U_b,)
+        user_first_row = _run_starts(row_user)  # (U_b,)
         self.user_ids.append(row_user[user_first_row])
-        self.user_rows.append(np.diff(user_first_row, append=len(row_user)))
+        self.user_rows.append(_run_lengths(user_first_row, len(row_user)))
         self.row_period.append(row_period)
         self.row_nnz.append(row_nnz)
         self.cols.append(cols)
@@ -228,80 +259,131 @@ class _BoIRows:
                             period=self.row_period.take(), granularity=granularity)
 
 
-def _row_starts(user_ids: np.ndarray, period: np.ndarray) -> np.ndarray:
-    """Where a new (user, period) row starts along sorted behaviours: (R,) int64 positions.
+def _rows(user_ids: np.ndarray, period: np.ndarray):
+    """The (user, period) rows along behaviours (or finer rows) sorted by (user, ts).
 
-    Raises when the behaviours are not sorted by (user, ts), i.e. when some step between two
-    consecutive rows goes down in user id, or back in period within a user (checked at the
-    R row starts only: inside a row both steps are 0).
+    Returns (first (R,) int64 position of each row's first element, row_user (R,),
+    row_period (R,)). Raises when consecutive rows do not ascend in (user, period), i.e. when
+    the input is not sorted by (user, ts) (checked on the R rows, not the n behaviours).
     """
-    user_step = user_ids[1:] - user_ids[:-1]  # (n-1,)
-    period_step = period[1:] - period[:-1]  # (n-1,)
-    starts = np.flatnonzero(np.r_[True, (user_step | period_step) != 0])  # (R,)
-    user_step, period_step = user_step[starts[1:] - 1], period_step[starts[1:] - 1]  # (R-1,)
+    new_row = np.empty(len(period), dtype=bool)  # (n,)
+    new_row[:1] = True
+    np.not_equal(period[1:], period[:-1], out=new_row[1:])
+    new_row[1:] |= user_ids[1:] != user_ids[:-1]
+    first = np.flatnonzero(new_row)  # (R,)
+    row_user, row_period = user_ids[first], period[first]
+    user_step, period_step = row_user[1:] - row_user[:-1], row_period[1:] - row_period[:-1]  # (R-1,)
     if (user_step < 0).any() or ((period_step < 0) & (user_step == 0)).any():
         raise ValueError("behaviours must be sorted by (user_id, ts) (the data contract); sort them first")
-    return starts
+    return first, row_user, row_period
 
 
-def _row_of_behavior(starts: np.ndarray, n: int, dtype) -> np.ndarray:
-    """(n,) row index of each behaviour given the row starts."""
-    new_row = np.zeros(n, dtype=dtype)
-    new_row[starts[1:]] = 1
-    return np.cumsum(new_row, dtype=dtype)
+def _run_starts(values: np.ndarray) -> np.ndarray:
+    """(k,) positions where a run of equal values starts in the 1-D ``values``."""
+    new_run = np.empty(len(values), dtype=bool)
+    new_run[:1] = True
+    np.not_equal(values[1:], values[:-1], out=new_run[1:])
+    return np.flatnonzero(new_run)
 
 
-def _count_hard(starts: np.ndarray, interest: np.ndarray, n_interests: int):
-    """Counts of (row, interest) pairs, hard assignment.
+def _run_lengths(run_starts: np.ndarray, n: int) -> np.ndarray:
+    """(k,) int64 lengths of the runs starting at ``run_starts`` in an array of length n."""
+    lengths = np.empty(len(run_starts), dtype=np.int64)
+    np.subtract(run_starts[1:], run_starts[:-1], out=lengths[:-1])
+    lengths[-1:] = n - run_starts[-1:]
+    return lengths
 
-    The behaviours of a (user, period) row are already contiguous, so ``starts`` is the CSR
-    row pointer of a matrix with one entry 1 per behaviour; scipy's ``sum_duplicates`` (a
-    sort of each short row in C++) merges equal interests into counts. About 6x faster than
-    one global sort of a row * D + interest key on 2e6 behaviours.
 
-    Returns (row_nnz (R,), cols (nnz,) int32, values (nnz,) float32 = log(1 + count)).
+def _count_hard(row_len: np.ndarray, interest: np.ndarray, n_interests: int):
+    """b_t,j = log(1 + count of the row's behaviours on c_j) of eq. (4), hard assignment, for
+    the R rows t of one block, from one sort of the block's keys.
+
+    The key of a behaviour is row * D + c_j. Rows ascend along the block, so sorting the keys
+    keeps every row's behaviours in place with its interests ascending, and a behaviour whose
+    key equals the previous one repeats an entry of b_t instead of starting one. Only the
+    values are sorted (no argsort, no payload), as uint32 whenever n * D fits (blocks are
+    sized for it), and everything after the sort is a pass or two over the block plus work in
+    the number of repeats, which is small when D is large.
+
+    Args: row_len (R,) behaviours per row (rows are consecutive), interest (n,) c_j of each
+        behaviour.
+    Returns (row_nnz (R,) int64, cols (nnz,) uint, values (nnz,) float32 = log(1 + count)).
     """
-    indptr = np.r_[starts, len(interest)]  # (R+1,)
-    ones = np.ones(len(interest), dtype=np.float32)  # (n,) one behaviour each
-    counts = sp.csr_matrix((ones, interest.astype(np.int32, copy=False), indptr),
-                           shape=(len(starts), n_interests))  # (R, D) with duplicate entries
-    counts.sum_duplicates()  # entries are now counts, interests ascending within a row
-    return np.diff(counts.indptr), counts.indices, np.log1p(counts.data)  # b_t entries, eq. (4)
+    key_dtype = np.uint32 if len(interest) * n_interests <= 1 << 32 else np.uint64  # R <= n
+    width = key_dtype(n_interests)
+    row_base = np.repeat(np.arange(len(row_len), dtype=key_dtype) * width, row_len)  # (n,) row * D
+    key = row_base + interest  # (n,)
+    key.sort()
+    repeat = np.empty(len(key), dtype=bool)  # (n,) same (row, interest) as the behaviour before
+    repeat[0] = False
+    np.equal(key[1:], key[:-1], out=repeat[1:])
+    key -= row_base  # (n,) c_j again, ascending within each row
+    repeats = np.flatnonzero(repeat)  # (n_rep,)
+    cols = key[~repeat]  # (nnz,) one per entry
+    row_nnz = row_len - np.bincount(row_base[repeats] // width, minlength=len(row_len))  # (R,)
+    # The k-th repeat (position p) falls in entry p - k - 1; entries without repeats count 1.
+    entry_of_repeat = repeats - np.arange(1, len(repeats) + 1)  # (n_rep,) ascending
+    first = _run_starts(entry_of_repeat)  # (n_heavy,) one per entry counted more than once
+    heavy_counts = 1 + _run_lengths(first, len(repeats))  # (n_heavy,)
+    # log(1 + count) by count: float32 np.log1p of float32 counts, as if applied to every entry.
+    log1p = np.log1p(np.arange(int(heavy_counts.max(initial=1)) + 1, dtype=np.float32))
+    values = np.full(len(cols), log1p[1], dtype=np.float32)  # (nnz,) b_t entries, eq. (4)
+    values[entry_of_repeat[first]] = log1p[heavy_counts]
+    return row_nnz, cols, values
 
 
-def _count_soft(starts: np.ndarray, items: np.ndarray, soft: sp.csr_matrix, n_interests: int):
-    """Summed weights of (row, interest) pairs: behaviour b adds soft[item_b, j] to interest j."""
+def _count_soft(row_len: np.ndarray, items: np.ndarray, soft: sp.csr_matrix, n_interests: int):
+    """b_t,j of eq. (4) with a soft assignment: behaviour b adds soft[item_b, j] to the count of
+    interest j in its row, summed in float64 in behaviour order.
+
+    Args: row_len (R,) behaviours per row (rows are consecutive), items (n,), soft (n_items, D).
+    Returns (row_nnz (R,) int64, cols (nnz,) int32, values (nnz,) float32 = log(1 + sum)).
+    """
     first_entry = soft.indptr[items]  # (n,)
     n_entries = soft.indptr[items + 1] - first_entry  # (n,) interests per behaviour
     entry_offset = np.cumsum(n_entries) - n_entries  # (n,) where each behaviour's entries start
     entry = np.repeat(first_entry - entry_offset, n_entries) + np.arange(int(n_entries.sum()))  # (E,)
     if entry.size == 0:  # no behaviour of the block has an item with any interest weight
-        return np.zeros(len(starts), dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    row = _row_of_behavior(starts, len(items), np.int64)  # (n,)
+        return np.zeros(len(row_len), dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    row = np.repeat(np.arange(len(row_len)), row_len)  # (n,)
     key = np.repeat(row, n_entries) * n_interests + soft.indices[entry]  # (E,) int64
     order = np.argsort(key, kind="stable")  # stable: each sum adds in behaviour order
     key = key[order]
-    run_starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # (nnz,)
+    run_starts = _run_starts(key)  # (nnz,)
     sums = np.add.reduceat(soft.data[entry[order]], run_starts)  # (nnz,) float64
     unique_keys = key[run_starts]
     entry_row = unique_keys // n_interests
     cols = (unique_keys - entry_row * n_interests).astype(np.int32)
-    return np.bincount(entry_row, minlength=len(starts)), cols, np.log1p(sums).astype(np.float32)
+    return np.bincount(entry_row, minlength=len(row_len)), cols, np.log1p(sums).astype(np.float32)
 
 
-def _count_block(user_ids, item_ids, ts, assignment, n_interests, granularities, month_of_day, rows) -> None:
-    """Add the BoI rows of one block of whole users to ``rows[g]`` for every granularity g
-    (periods computed once for all of them)."""
-    periods = _periods(ts, granularities, month_of_day)
+def _count_block(user_ids, item_ids, ts, assignment, n_interests, sources, month_of_day, rows) -> None:
+    """Add the BoI rows of one block of whole users to ``rows[g]`` for every granularity g.
+
+    One pass over the behaviours gives their interests, their periods and the (user, period)
+    rows of the granularities counted from behaviours (``sources[g]`` is None); a coarser
+    granularity g takes its rows from its finer source f (a year row is a run of month rows
+    of one user in one year), so its periods and rows cost O(R_f), not O(n). Each
+    granularity's b_t (eq. 4) then comes from one sort of its keys row * D + c_j.
+    """
+    n = len(user_ids)
     soft = sp.issparse(assignment)
-    interest = None if soft else assignment[item_ids]  # (n,) hard: c_j of each behaviour
-    for granularity in granularities:
-        starts = _row_starts(user_ids, periods[granularity])
-        if soft:
-            row_nnz, cols, values = _count_soft(starts, item_ids, assignment, n_interests)
+    interest = None if soft else assignment.take(item_ids)  # (n,) hard: c_j of each behaviour
+    periods = _periods(ts, [g for g, source in sources.items() if source is None], month_of_day)
+    first, row_user, row_period = {}, {}, {}  # per granularity, (R_g,) each: first behaviour, user, period
+    for granularity, source in sources.items():  # every source comes before the granularities it feeds
+        if source is None:
+            first[granularity], row_user[granularity], row_period[granularity] = _rows(user_ids, periods[granularity])
         else:
-            row_nnz, cols, values = _count_hard(starts, interest, n_interests)
-        rows[granularity].add(user_ids[starts], periods[granularity][starts], row_nnz, cols, values)
+            fine_period = _coarser_period(row_period[source], source, granularity)  # (R_f,)
+            fine_row, row_user[granularity], row_period[granularity] = _rows(row_user[source], fine_period)
+            first[granularity] = first[source][fine_row]
+        row_len = _run_lengths(first[granularity], n)  # (R_g,)
+        if soft:
+            count = _count_soft(row_len, item_ids, assignment, n_interests)
+        else:
+            count = _count_hard(row_len, interest, n_interests)
+        rows[granularity].add(row_user[granularity], row_period[granularity], *count)
 
 
 def _user_blocks(user_ids: np.ndarray, block_size: int) -> Iterator[slice]:
@@ -332,7 +414,7 @@ def _normalise_assignment(assignment, n_interests: int):
         raise ValueError("hard assignment must be (n_items,) interest ids; pass a CSR for soft")
     if hard.size and (hard.min() < 0 or hard.max() >= n_interests):
         raise ValueError(f"interest ids must lie in [0, {n_interests}); got [{hard.min()}, {hard.max()}]")
-    return hard.astype(np.uint32 if n_interests <= np.iinfo(np.uint32).max else np.int64)
+    return hard.astype(np.uint32 if n_interests <= np.iinfo(np.uint32).max else np.uint64)  # as the keys
 
 
 def build_boi_streaming(
@@ -367,9 +449,10 @@ def build_boi_streaming(
         _check_granularity(granularity)
     assignment = _normalise_assignment(assignment, n_interests)
     month_of_day = _MonthOfDay()
-    # Blocks small enough that row * D + interest usually fits a uint32 key.
+    sources = _sources(granularities)
+    # Blocks small enough that row * D + interest fits a uint32 key (unless D > 2^20 or one user is larger).
     block_size = int(np.clip(np.iinfo(np.uint32).max // n_interests, 1 << 12, _MAX_BLOCK_BEHAVIORS))
-    rows = {g: _BoIRows() for g in granularities}
+    rows = {g: _BoIRows() for g in sources}
     last_user = None
     for user_ids, item_ids, ts in chunks:
         user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -387,9 +470,9 @@ def build_boi_streaming(
                 raise ValueError("behaviours must be sorted by (user_id, ts), and chunks must hold whole users "
                                  "in ascending user_id order")
             last_user = user_ids[block.stop - 1]
-            _count_block(user_ids[block], item_ids[block], ts[block], assignment, n_interests, granularities,
+            _count_block(user_ids[block], item_ids[block], ts[block], assignment, n_interests, sources,
                          month_of_day, rows)
-    return {g: rows.pop(g).assemble(n_interests, g) for g in granularities}
+    return {g: rows.pop(g).assemble(n_interests, g) for g in dict.fromkeys(granularities)}
 
 
 def _user_chunks(user_ids, item_ids, ts, chunk_users: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

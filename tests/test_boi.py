@@ -36,6 +36,10 @@ def _soft_assignment(seed=1, n_items=50, top_k=3):
 def _reference(user_ids, item_ids, ts, assignment, granularity, start_ts=None, end_ts=None):
     """Eq. (4) with a dict per (user, period) and datetime calendars: {(user, period): {j: b_tj}}."""
     counts = defaultdict(lambda: defaultdict(float))
+    if sp.issparse(assignment):  # item -> [(j, weight), ...]
+        soft = sp.csr_matrix(assignment)
+        weights = [list(zip(soft.indices[a:b].tolist(), soft.data[a:b].tolist()))
+                   for a, b in zip(soft.indptr[:-1], soft.indptr[1:])]
     for user, item, t in zip(user_ids.tolist(), item_ids.tolist(), ts.tolist()):
         if (start_ts is not None and t < start_ts) or (end_ts is not None and t >= end_ts):
             continue
@@ -45,8 +49,7 @@ def _reference(user_ids, item_ids, ts, assignment, granularity, start_ts=None, e
         if period is None:  # "<N>d"
             period = math.floor(t / (int(granularity[:-1]) * 86400))
         if sp.issparse(assignment):
-            row = assignment.getrow(item)
-            for j, w in zip(row.indices.tolist(), row.data.tolist()):
+            for j, w in weights[item]:
                 counts[(user, period)][j] += w
         else:
             counts[(user, period)][int(assignment[item])] += 1
@@ -80,6 +83,68 @@ def test_boi_equals_brute_force_reference_at_month_and_year(soft):
         assert seqs.granularity == granularity and seqs.matrix.shape[1] == D
         assert seqs.matrix.dtype == np.float32 and seqs.matrix.has_canonical_format
         _assert_same(_as_dict(seqs), _reference(user_ids, item_ids, ts, assignment, granularity))
+
+
+def _assert_identical(a, b):
+    """Every BoISequences field equal, bit for bit, dtypes included."""
+    assert a.granularity == b.granularity and a.matrix.shape == b.matrix.shape
+    for name in ("user_ids", "user_ptr", "period"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    for name in ("indptr", "indices", "data"):
+        x, y = getattr(a.matrix, name), getattr(b.matrix, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def _year_boundary_log():
+    """A hand-made log: user 1 crosses New Year (Dec 2017 -> Jan 2018) with interest 0 in both
+    years and interest 2 twice in February; user 4 has all behaviours in one month (so one
+    period at every scale); user 6 a single behaviour; user 9 repeats item 3 over three months
+    of one year (its year count sums the months). Items are their own hard interests."""
+    behaviours = [
+        (1, 0, _utc(2017, 12, 31, 23, 59, 59)), (1, 1, _utc(2017, 12, 31, 23, 59, 59)), (1, 0, _utc(2018, 1, 1)),
+        (1, 2, _utc(2018, 2, 3)), (1, 2, _utc(2018, 2, 4)), (1, 0, _utc(2018, 2, 5)),
+        (4, 5, _utc(2016, 7, 1)), (4, 5, _utc(2016, 7, 9)), (4, 6, _utc(2016, 7, 31, 23)),
+        (6, 4, _utc(1999, 3, 3)),
+        (9, 3, _utc(2019, 1, 2)), (9, 3, _utc(2019, 1, 3)), (9, 3, _utc(2019, 5, 1)), (9, 6, _utc(2019, 12, 31)),
+    ]
+    user_ids, item_ids, ts = (np.array(column, dtype=np.int64) for column in zip(*behaviours))
+    return user_ids, item_ids, ts
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.parametrize("log", ["year_boundary", "random"])
+def test_one_pass_equals_each_granularity_built_alone(soft, log):
+    """Month and year from one pass (year rows from month rows) equal each granularity built
+    on its own (year counted from the behaviours) and the dict reference, in build_boi and
+    build_boi_streaming alike; so do nested "<N>d" and "life" sets."""
+    if log == "year_boundary":
+        user_ids, item_ids, ts = _year_boundary_log()
+        assignment = _soft_assignment(n_items=7) if soft else np.arange(7)
+    else:
+        user_ids, item_ids, ts = _random_log(seed=9, n=1500, n_users=30)
+        assignment = _soft_assignment(seed=10) if soft else np.random.default_rng(10).integers(0, D, 50)
+    alone = {}  # granularity: BoISequences built on its own, checked against the dict reference once
+    for granularity in ("month", "year", "life", "7d", "14d", "28d"):
+        alone[granularity] = build_boi(user_ids, item_ids, ts, assignment, D, granularities=(granularity,))[granularity]
+        _assert_same(_as_dict(alone[granularity]), _reference(user_ids, item_ids, ts, assignment, granularity))
+    nested_sets = (("month", "year"), ("year", "month", "life"), ("7d", "14d", "28d", "life"), ("7d", "month", "year"))
+    for granularities in nested_sets:
+        together = build_boi(user_ids, item_ids, ts, assignment, D, granularities=granularities, chunk_users=3)
+        cuts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])[1::2]  # two users per chunk
+        chunks = zip(np.split(user_ids, cuts), np.split(item_ids, cuts), np.split(ts, cuts))
+        streamed = build_boi_streaming(chunks, assignment, D, granularities=granularities)
+        assert list(together) == list(streamed) == list(granularities)
+        for granularity in granularities:
+            _assert_identical(together[granularity], alone[granularity])
+            _assert_identical(streamed[granularity], alone[granularity])
+    if log == "year_boundary" and not soft:
+        boi = build_boi(user_ids, item_ids, ts, assignment, D)
+        counts = {g: {key: {j: round(math.expm1(v)) for j, v in row.items()} for key, row in _as_dict(boi[g]).items()}
+                  for g in ("month", "year")}
+        assert counts["year"][(1, 47)] == {0: 1, 1: 1} and counts["year"][(1, 48)] == {0: 2, 2: 2}
+        assert counts["month"][(9, 588)] == {3: 2} and counts["year"][(9, 49)] == {3: 3, 6: 1}
+        assert counts["month"][(4, 558)] == counts["year"][(4, 46)] == {5: 2, 6: 1}
 
 
 def test_whole_life_boi_is_one_row_per_user():
@@ -187,3 +252,12 @@ def test_growing_array_spans_segments_and_empty_window_gives_empty_boi():
     np.testing.assert_array_equal(grown.take(np.int32), np.arange(12))
     empty = build_boi(np.array([1]), np.array([0]), np.array([0]), np.zeros(1, np.int64), D, start_ts=10)["month"]
     assert empty.matrix.shape == (0, D) and empty.n_users == 0 and empty.user_ptr.tolist() == [0]
+
+
+def test_uint64_keys_when_row_times_d_overflows_uint32():
+    """With D = 2^31, row * D + c_j no longer fits a uint32 key: the same counts come from uint64 keys."""
+    user_ids, item_ids, ts = _random_log(seed=12, n=400, n_users=8)
+    assignment = np.random.default_rng(13).choice([0, 5, 2**31 - 1], 50)
+    boi = build_boi(user_ids, item_ids, ts, assignment, 2**31)
+    for granularity in ("month", "year"):
+        _assert_same(_as_dict(boi[granularity]), _reference(user_ids, item_ids, ts, assignment, granularity))
