@@ -119,6 +119,13 @@ def _check_model(model: SMEN) -> None:
                          f"('month', 'year') or ('month',), got {tuple(model.scales)}")
 
 
+def _check_state(model: SMEN, state: UserState) -> None:
+    _check_model(model)
+    if state.model_fingerprint != model_fingerprint(model):
+        raise ValueError("this state was written by another SMEN (its weights differ): a state is continued only "
+                         "with the model that built it; rebuild it with init_state(model, boi, user_ids)")
+
+
 def _gru_step(model: SMEN, r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """One step of the §2.2.2 GRU for every (user, anchor): r (n, M, H), h (n, M, H) -> (n, M, H)."""
     n, M, H = r.shape
@@ -228,7 +235,10 @@ def representations(model: SMEN, state: UserState, device: torch.device | str | 
     ``encode_users(model, boi, state.user_ids, device, history_end_ts=state.history_end_ts)``.
     """
     _check_state(model, state)
-    dev = runs.device(str(device) if device is not None else "auto")
+    return _representations(model, state, runs.device(str(device) if device is not None else "auto"), batch_size)
+
+
+def _representations(model: SMEN, state: UserState, dev: torch.device, batch_size: int) -> np.ndarray:
     started = state.first_month != NOT_STARTED  # (n,)
     reps = np.zeros((state.n_users, model.anchors * model.hidden), dtype=np.float32)
     with inference(model):
@@ -245,13 +255,6 @@ def representations(model: SMEN, state: UserState, device: torch.device | str | 
                 R_hat = model.switch(r_tilde, r_tilde_prime)  # (b, M, H)
             reps[part] = R_hat.flatten(1).float().cpu().numpy()
     return reps
-
-
-def _check_state(model: SMEN, state: UserState) -> None:
-    _check_model(model)
-    if state.model_fingerprint != model_fingerprint(model):
-        raise ValueError("this state was written by another SMEN (its weights differ): a state is continued only "
-                         "with the model that built it; rebuild it with init_state(model, boi, user_ids)")
 
 
 def _month_rows(month_boi: BoISequences, month: int, n_interests: int) -> BoISequences:
@@ -331,7 +334,7 @@ def update(model: SMEN, state: UserState, month_boi: BoISequences, month: int | 
             else counts.astype(np.float32).tocsr()
     new = UserState(user_ids, first_month, h_month, h_year, open_counts, month, state.scales,
                     state.model_fingerprint)
-    return new, representations(model, new, dev, batch_size)
+    return new, _representations(model, new, dev, batch_size)
 
 
 def save_state(path: str | Path, state: UserState) -> Path:
