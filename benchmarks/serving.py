@@ -1,15 +1,15 @@
 """Speed of the monthly incremental update (lurm_lite.serving) against a whole-life re-encode.
 
-    python benchmarks/serving.py --json benchmarks/results/serving.json [--quick] [--device auto]
+    python benchmarks/serving.py --json benchmarks/results/serving.json [--quick] [--users N] [--device auto]
 
-Synthetic 10-year lives: 2,000 users x 120 calendar months (2008-07 .. 2018-06), every user
+Synthetic 10-year lives: 1,000 users (``--users``) x 120 calendar months (2008-07 .. 2018-06), every user
 active from the first month on, each month with probability 0.6, an active month holding
 20 distinct interests of D = 1,000 with counts 1..5 (b_t = log(1 + count), eq. 4). An
 untrained SMEN(D, H = 128, M = 10, scales month + year) encodes them (speed does not depend
 on the weights). The state is built at the end of 2018-05 (``init_state``), then:
 
 - ``update_users_per_s``: users per second of ``serving.update`` with 2018-06's BoI (one
-  multi-anchor pass and one GRU step per scale), median of 5 runs after a warm-up;
+  multi-anchor pass and one GRU step per scale), median of 5 runs (3 with ``--quick``) after a warm-up;
 - ``full_users_per_s``: users per second of ``encode_users`` over the same users' whole
   lives to the end of 2018-06 (120 GRU steps at the month scale, 11 at the year scale),
   one run (minutes on 2 CPU cores: run the script 3 times and take the median);
@@ -18,7 +18,8 @@ on the weights). The state is built at the end of 2018-05 (``init_state``), then
   user (2 x M x H float32 GRU states plus the open year's sparse counts);
 - ``init_users_per_s``: ``init_state`` (the one whole-life pass a state costs).
 
-``--quick``: 200 users, fewer reps.
+``--quick``: 200 users. Speeds are per user; the default size keeps one run near 5 minutes on
+2 shared CPU cores (init and re-encode are whole-life passes).
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def timed(fn, reps: int, warm_up: bool) -> tuple[float, object]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="where to write the results")
-    parser.add_argument("--quick", action="store_true", help="200 users instead of 2,000, fewer reps")
+    parser.add_argument("--quick", action="store_true", help="200 users, 3 update runs instead of 5")
+    parser.add_argument("--users", type=int, default=1_000, help="users of 10-year lives (rates are per user)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     dev = runs.device(args.device)
-    n_users, update_reps = (200, 3) if args.quick else (2_000, 5)
+    n_users, update_reps = (200, 3) if args.quick else (args.users, 5)
     t0 = time.perf_counter()
     seqs = synthetic_lives(n_users, seed=0)
     boi = {"month": seqs}
