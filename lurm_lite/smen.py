@@ -345,9 +345,10 @@ class TimeAggregation(nn.Module):
         n_slots = int((chunk_sizes * chunk_steps).sum())
         packed = r.new_zeros(n_slots, H).index_copy(0, slot.reshape(-1), r.reshape(-1, H))  # (n_slots, H)
         last_states = []
-        for k, (size, steps, offset) in enumerate(zip(chunk_sizes.tolist(), chunk_steps.tolist(),
-                                                       chunk_offsets.tolist())):
-            out, _ = self.gru(packed[offset:offset + size * steps].view(size, steps, H))  # (size, steps, H)
+        # split, not slices: the backward of K slices would zero-fill K buffers of n_slots rows
+        chunks = packed.split((chunk_sizes * chunk_steps).tolist())  # K views (size * steps, H)
+        for k, (chunk, size, steps) in enumerate(zip(chunks, chunk_sizes.tolist(), chunk_steps.tolist())):
+            out, _ = self.gru(chunk.view(size, steps, H))  # (size, steps, H)
             n = sorted_lengths[k * self.chunk:k * self.chunk + size]  # (size,) N of each sequence
             last_states.append(out[torch.arange(size, device=dev), n - 1])  # (size, H) state at step N
         r_tilde = r_tilde.index_copy(0, order, torch.cat(last_states).to(r_tilde.dtype))
