@@ -1,6 +1,6 @@
 # Two commands matter on a fresh machine with Python 3.11 and PyPI:
 #   make demo   runs the main job (the notebook chain on the embedded synthetic dataset)
-#   make test   runs the whole test suite
+#   make test   runs the whole test suite (the Spark tests need Java 17: .ci/run installs it)
 # Both create .venv and install the kit into it when needed.
 
 PYTHON ?= python3
@@ -19,7 +19,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,spark]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lurm_lite)" >/dev/null
 	@touch $(STAMP)
 
@@ -41,6 +41,7 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/boi.py --json benchmarks/results/boi.json
 	$(PY) benchmarks/smen.py --json benchmarks/results/smen.json
+	$(PY) benchmarks/spark.py --json benchmarks/results/spark.json
 
 # Downstream AUC over seeds 0 1 2 (chain 01-05 per seed, default scale: long on a CPU) and the
 # BoI-survival diagnostics; runs resume from runs/quality-default/. One seed: add --quick.

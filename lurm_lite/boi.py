@@ -532,3 +532,79 @@ def whole_life_boi(
     [start_ts, end_ts)), one row per user, period 0, granularity ``"life"``. This is the
     'BoI' baseline: a D-dimensional sparse user representation."""
     return build_boi(user_ids, item_ids, ts, assignment, n_interests, (LIFE,), start_ts, end_ts, chunk_users)[LIFE]
+
+
+# ---------------------------------------------------------------------------------------
+# BoI rows as Parquet (written by lurm_lite.spark, read anywhere with pyarrow)
+# ---------------------------------------------------------------------------------------
+
+BOI_PARQUET_COLUMNS = ("user_id", "period", "indices", "values")  # one row per non-empty (user, period)
+
+
+def boi_from_arrow(table, granularity: str, n_interests: int, source: str = "BoI rows") -> BoISequences:
+    """BoISequences of eq. (4) from an Arrow table of BoI rows sorted by (user_id, period).
+
+    ``table`` has ``user_id`` int64, ``period`` int64, ``indices`` list<int> (the interests j
+    with b_t,j > 0, ascending) and ``values`` list<float32> (b_t,j = log(1 + count)), one row
+    per non-empty period. The result has :func:`build_boi`'s dtypes (CSR float32 with int32
+    indices below 2^31 non-zeros). ``source`` names the data in errors (a file or folder).
+    """
+    import pyarrow.compute as pc
+
+    missing = [c for c in BOI_PARQUET_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{source}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); BoI rows "
+                         "are user_id int64, period int64, indices list<int>, values list<float>, "
+                         "e.g. (42, 576, [3, 17], [0.693, 1.099])")
+    user_ids = table.column("user_id").to_numpy().astype(np.int64)  # (n_rows,)
+    period = table.column("period").to_numpy().astype(np.int64)  # (n_rows,)
+    row_nnz = pc.list_value_length(table.column("indices")).to_numpy(zero_copy_only=False)  # (n_rows,)
+    if not np.array_equal(row_nnz, pc.list_value_length(table.column("values")).to_numpy(zero_copy_only=False)):
+        raise ValueError(f"{source}: 'indices' and 'values' differ in length in some row; each row lists the "
+                         "interests j and their b_t,j pairwise, e.g. indices [3, 17], values [0.693, 1.099]")
+    nnz = int(row_nnz.sum())
+    index_dtype = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
+    cols = pc.list_flatten(table.column("indices")).to_numpy().astype(index_dtype)  # (nnz,)
+    values = pc.list_flatten(table.column("values")).to_numpy().astype(np.float32)  # (nnz,)
+    if nnz and (cols.min() < 0 or cols.max() >= n_interests):
+        raise ValueError(f"{source}: field 'indices' holds interest {int(cols.max())} outside [0, D = {n_interests}); "
+                         "pass the D the rows were built with")
+    indptr = np.zeros(len(row_nnz) + 1, dtype=index_dtype)
+    np.cumsum(row_nnz, out=indptr[1:], dtype=index_dtype)
+    matrix = sp.csr_matrix((values, cols, indptr), shape=(len(row_nnz), n_interests), copy=False)
+    if not matrix.has_sorted_indices:
+        raise ValueError(f"{source}: field 'indices' must ascend within each row (e.g. [3, 17], not [17, 3])")
+    new_user = np.ones(len(user_ids), dtype=bool)  # (n_rows,) the row opens a user's sequence
+    new_user[1:] = user_ids[1:] != user_ids[:-1]
+    if (np.diff(user_ids) < 0).any() or (np.diff(period)[~new_user[1:]] <= 0).any():
+        raise ValueError(f"{source}: rows must be sorted by (user_id, period), one row per (user, period)")
+    user_start = np.flatnonzero(new_user)  # (n_users,)
+    return BoISequences(matrix=matrix, user_ids=user_ids[user_start],
+                        user_ptr=np.r_[user_start, len(user_ids)].astype(np.int64), period=period,
+                        granularity=granularity)
+
+
+def load_boi_parquet(path: str | Path, granularity: str, n_interests: int,
+                     user_ids: np.ndarray | None = None) -> BoISequences:
+    """Read BoI rows written by :func:`lurm_lite.spark.write_boi` back into BoISequences.
+
+    ``path`` is the folder Spark wrote (``granularity=<g>/part-*.parquet`` beneath it);
+    ``user_ids`` (any order) keeps one shard of users, None all of them. Only pyarrow is
+    needed, not Spark. Equal to :func:`build_boi`'s result for the same users.
+    """
+    import pyarrow.dataset as ds
+
+    _check_granularity(granularity)
+    dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+    written = sorted({part.split("=", 1)[1] for file in dataset.files for part in Path(file).parts
+                      if part.startswith("granularity=")})
+    if granularity not in written:
+        raise ValueError(f"{path}: no granularity={granularity}/ folder (found: {', '.join(written) or 'none'}); "
+                         f"expected the layout lurm_lite.spark.write_boi writes, e.g. "
+                         f"{path}/granularity={granularity}/part-00000-....parquet")
+    rows = ds.field("granularity") == granularity
+    if user_ids is not None:
+        rows &= ds.field("user_id").isin(np.unique(np.asarray(user_ids, dtype=np.int64)))
+    table = dataset.to_table(columns=list(BOI_PARQUET_COLUMNS), filter=rows)
+    table = table.sort_by([("user_id", "ascending"), ("period", "ascending")])
+    return boi_from_arrow(table, granularity, n_interests, source=f"{path} (granularity={granularity})")
