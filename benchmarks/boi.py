@@ -21,14 +21,12 @@ Measures, on a synthetic behaviour log sorted by (user, ts) with D = 1e5 interes
 - ``kmeans_*``: 2e5 x 128 embeddings into 1e4 clusters, flat k-means and the two-level
   large-D path, with the same number of iterations (``kmeans_niter``).
 
-BoI with ``--quick``, median of 3 runs on the 2-core development machine while other jobs
-held its load average at 8-9 (absolute rates 2-4x below an idle machine; the ratios suffer
-less): month + year 3.95 M behaviours/s against pandas 0.60 M/s, ``speedup_vs_pandas`` 6.7
-(3.6 with the previous build, which counted each granularity separately); month alone 6.0
-against 1.2 M/s, ``speedup_vs_pandas_month`` 5.1 (3.3 before). One full-size run (2e7) under
-the same load: month + year 3.8 against 0.32 M/s, 12.0 (7.4 on first calls); month alone 2.9
-against 0.67 M/s, 4.3 (the load moved between the timed calls: month alone came out slower
-than month + year).
+Measured alone on the 2-core development machine. Full size (2e7 behaviours): month + year
+12.1 M behaviours/s against pandas 0.84 M/s, ``speedup_vs_pandas`` 14.5 (12.4 on first
+calls); month alone 18.1 against 1.65 M/s, ``speedup_vs_pandas_month`` 11.0. ``--quick``
+(2e6, where pandas' fixed costs weigh less): month + year 10.3 against 1.56 M/s, 6.6; month
+alone 17.1 against 3.2 M/s, 5.4. The build that counted each granularity separately reached
+3.6 (month + year, ``--quick``, on a loaded machine, where the one-pass build reached 6.7).
 """
 
 from __future__ import annotations
