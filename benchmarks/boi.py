@@ -24,7 +24,7 @@ Measures, on a synthetic behaviour log sorted by (user, ts) with D = 1e5 interes
 Measured alone on the 2-core development machine. Full size (2e7 behaviours): month + year
 12.1 M behaviours/s against pandas 0.84 M/s, ``speedup_vs_pandas`` 14.5 (12.4 on first
 calls); month alone 18.1 against 1.65 M/s, ``speedup_vs_pandas_month`` 11.0. ``--quick``
-(2e6, where pandas' fixed costs weigh less): month + year 10.3 against 1.56 M/s, 6.6; month
+(2e6, where the build's fixed costs weigh more): month + year 10.3 against 1.56 M/s, 6.6; month
 alone 17.1 against 3.2 M/s, 5.4. The build that counted each granularity separately reached
 3.6 (month + year, ``--quick``, on a loaded machine, where the one-pass build reached 6.7).
 """

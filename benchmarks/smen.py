@@ -28,15 +28,14 @@ distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
 ``sparse_vs_dense_at_1e5`` (dense / sparse time) >= 10. ``--quick`` uses 64 users.
 
-Measured (2-core shared machine under heavy load from other jobs, load average ~8, so
-absolute times are inflated and noisy; ``--quick --threads 1``, median of 3):
-before MultiAnchor's AnchorBags path (V = alpha (x) W^e always, default 2 threads):
-sparse_ms 59.5 / 217.9 / 1362.8 ms at D = 1e3 / 1e4 / 1e5, sparse_d_scaling 22.9, SMEN
-324 / 2119 / 13636 ms. After: uniform 230 / 373 / 523 ms (sparse_d_scaling 2.27; U =
-1000 / 9996 / 53833), Zipf 183 / 186 / 265 ms (sparse_d_scaling_zipf 1.44; U = 1000 /
-6670 / 14162), SMEN 1288 / 1646 / 1788 ms. The D = 1e3 rows run the unchanged S V path.
-Optimizer step (all of SMEN's parameters) SparseAdam vs Adam on W^e: 34.8 vs 32.8,
-96.5 vs 53.6, 530 vs 391 ms.
+Measured alone on the 2-core development machine (``--quick``, default threads): sparse_ms
+66.3 / 81.0 / 119.2 ms at D = 1e3 / 1e4 / 1e5 with uniform interests (sparse_d_scaling
+1.80; before AnchorBags, on a lighter-loaded machine, 59.5 / 217.9 / 1362.8, 22.9), Zipf 45.2
+/ 49.7 / 62.9 ms (sparse_d_scaling_zipf 1.39); SMEN 345 / 382 / 430 ms; the dense reference
+129 / 1288 / 12707 ms (sparse_vs_dense_at_1e5 107). The D = 1e3 rows run the S V path.
+Optimizer step (all of SMEN's parameters) RowAdam / torch SparseAdam / dense Adam on W^e:
+9.5 / 10.9 / 8.6, 21.1 / 22.6 / 15.9, 102.8 / 130.3 / 85.3 ms. train_flops_fraction 0.43
+(28.7 GFLOP/s against torch.mm's 66.5), encode_flops_fraction 0.53.
 """
 
 from __future__ import annotations
