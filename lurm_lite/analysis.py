@@ -308,13 +308,6 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
     return reps, info
 
 
-def table_frame(per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
-    """``{method: {task: metrics}}`` -> Table 5's layout: methods x tasks, cells "AUC/ACC" in %."""
-    tasks = list(dict.fromkeys(t for per_task in per_method.values() for t in per_task))
-    cells = {method: {task: (f"{100 * m[task]['auc']:.2f}/{100 * m[task]['acc']:.2f}" if task in m else "")
-                      for task in tasks} for method, m in per_method.items()}
-    return pd.DataFrame.from_dict(cells, orient="index", columns=tasks)
-
 
 # ---------------------------------------------------------------------------------------
 # Fig. 5: anchors

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from data_prep.schema import Dataset, load_dataset
-from lurm_lite import baselines, downstream, runs
+from lurm_lite import baselines, downstream, results, runs
 from lurm_lite.boi import load_boi
 from lurm_lite.config import DownstreamConfig, for_scale
 from lurm_lite.runs import MissingPrerequisite, RunPaths
@@ -151,9 +151,9 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence
         if progress:
             print(f"{method}: {X.shape[1]} dims, {len(per_method[method])} tasks, "
                   f"{time.perf_counter() - start:.1f} s")
-    results = downstream.collect_results(dataset.name, seed, per_method)
-    downstream.save_results(results, run.results, methods)
-    return results
+    collected = results.collect_results(dataset.name, seed, per_method)
+    results.save_results(collected, run.results, methods)
+    return collected
 
 
 def main(argv: Sequence[str] | None = None) -> None:

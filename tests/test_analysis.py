@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import analysis
+from lurm_lite import analysis, results
 from lurm_lite.boi import build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.smen import SMEN
@@ -92,7 +92,7 @@ def test_metrics_frame_and_length_trend():
     trend = analysis.length_trend(frame).set_index("task")
     assert trend.loc["age", "gain"] == pytest.approx(0.2) and trend.loc["age", "spearman"] == pytest.approx(1.0)
     assert trend.loc["books", "best"] == "1Y" and trend.loc["books", "from_best"] == pytest.approx(-0.01)
-    table = analysis.table_frame({"BoI": per["2M"], "LURM": per["life"]})
+    table = results.table_frame({"BoI": per["2M"], "LURM": per["life"]})
     assert table.loc["LURM", "age"] == "80.00/40.00" and list(table.columns) == ["age", "books"]
 
 

@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from data_prep.schema import Dataset, date_to_ts
 from lurm_lite import downstream
+from lurm_lite.results import collect_results, results_markdown, save_results, validate_results
 from lurm_lite.config import DownstreamConfig, for_scale
 from lurm_lite.evaluate import evaluate_run, main
 from lurm_lite.runs import RunPaths, load_json, save_npy, save_npz
@@ -95,15 +96,15 @@ def test_small_tasks_are_skipped_and_recorded_in_results(tmp_path):
     assert list(per_task) == ["fine"]
     assert per_task.skipped == {"rare": "5 positives and 295 negatives among 300 users; a binary task needs at "
                                         "least 20 of each", "constant": "all 50 users have the same label"}
-    results = downstream.collect_results("stub", 0, {"A": per_task, "B": per_task})
+    results = collect_results("stub", 0, {"A": per_task, "B": per_task})
     assert set(results["tasks"]) == {"fine"} and results["skipped"] == per_task.skipped
-    json_path, md_path = downstream.save_results(results, tmp_path / "results.json")
+    json_path, md_path = save_results(results, tmp_path / "results.json")
     assert load_json(json_path)["skipped"] == per_task.skipped
     assert "Skipped tasks: rare: 5 positives and 295 negatives" in md_path.read_text()
     assert "constant: all 50 users have the same label." in md_path.read_text()
 
-    everything_skipped = downstream.collect_results("stub", 0, {"A": downstream.TaskResults({}, {"rare": "too few"})})
-    markdown = downstream.results_markdown(everything_skipped)
+    everything_skipped = collect_results("stub", 0, {"A": downstream.TaskResults({}, {"rare": "too few"})})
+    markdown = results_markdown(everything_skipped)
     assert "No task could be evaluated." in markdown and "| Method |" not in markdown and "rare: too few" in markdown
 
 
@@ -309,17 +310,17 @@ def _two_method_results():
                    "t2": {"auc": 0.60, "acc": 0.55, "auc_ci95": [0.5, 0.7], "n_test": 40}},
         "LURM": {"t1": {"auc": 0.8255, "acc": 0.7500, "auc_ci95": [0.80, 0.85], "n_test": 40}},
     }
-    return downstream.collect_results("toy", 0, per_method)
+    return collect_results("toy", 0, per_method)
 
 
 def test_results_json_validates_and_markdown_bolds_the_best(tmp_path):
     results = _two_method_results()
     assert results["skipped"] == {}
     old_file = {k: v for k, v in results.items() if k != "skipped"}  # written before "skipped" existed
-    downstream.validate_results(old_file)
-    json_path, md_path = downstream.save_results(results, tmp_path / "results.json")
+    validate_results(old_file)
+    json_path, md_path = save_results(results, tmp_path / "results.json")
     loaded = load_json(json_path)
-    downstream.validate_results(loaded)
+    validate_results(loaded)
     assert loaded["tasks"]["t1"]["LURM"] == {"auc": 0.8255, "acc": 0.75, "auc_ci95": [0.8, 0.85], "n_test": 40}
     markdown = md_path.read_text()
     assert "| LURM | **82.55**/75.00 | - |" in markdown
@@ -341,7 +342,7 @@ def test_validate_results_names_what_is_wrong(breakage, message):
     results = json.loads(json.dumps(_two_method_results()))
     breakage(results)
     with pytest.raises(ValueError, match=message):
-        downstream.validate_results(results)
+        validate_results(results)
 
 
 # --- evaluate_run -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import papermill
 import pytest
 
 from lurm_lite import chain
-from lurm_lite.downstream import validate_results
+from lurm_lite.results import validate_results
 from lurm_lite.runs import RunPaths, load_json
 
 NOTEBOOKS = chain.chain_notebooks()
