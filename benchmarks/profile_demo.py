@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from lurm_lite.config import SMENConfig, UserTrainingConfig, for_scale  # noqa: 
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step  # noqa: E402
 from lurm_lite.runs import RunPaths, load_json, save_json  # noqa: E402
 from lurm_lite.smen import SMEN  # noqa: E402
+from lurm_lite.testing import mm_gflops, timed  # noqa: E402
 from lurm_lite.user_training import PairSampler, encoding_batches, load_user_reps  # noqa: E402
 
 
@@ -63,16 +63,6 @@ def stage_breakdown(run: RunPaths) -> dict:
     return stages
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1000 * statistics.median(times), 1)
-
-
 def gru_flops(batch, model: SMEN) -> float:
     """FLOPs of the GRU (§2.2.2) forward over ``batch`` as TimeAggregation runs it: the M
     sequences of each view, sorted by length in chunks padded to their longest; per
@@ -84,12 +74,6 @@ def gru_flops(batch, model: SMEN) -> float:
         lengths = lengths[lengths > 0]  # (S,) non-empty sequences, longest first
         steps += sum(int(lengths[k]) * len(lengths[k:k + chunk]) for k in range(0, len(lengths), chunk))
     return steps * 2 * (2 * 3 * H * H)
-
-
-def mm_gflops(repeats: int = 5) -> float:
-    """GFLOP/s of a plain float32 torch.mm (4096 x 1024) @ (1024 x 1024): the machine's matrix rate."""
-    a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
-    return 2 * 4096 * 1024 * 1024 / (_median_ms(lambda: a @ b, repeats) / 1000) / 1e9
 
 
 def training_step_profile(boi, smen_config: SMENConfig, train_config: UserTrainingConfig, steps: int,
@@ -127,22 +111,27 @@ def training_step_profile(boi, smen_config: SMENConfig, train_config: UserTraini
         z = model.project(R_hat)
         info_nce(z[:B], z[B:], train_config.tau).backward()
 
+    cpu = torch.device("cpu")
+
+    def median_ms(fn) -> float:
+        return round(timed(fn, cpu, steps, budget_s=float("inf"))[0], 1)
+
     def optimiser():
         for optimizer in optimizers:
             optimizer.step()
 
     parts = {
-        "collation": _median_ms(lambda: sampler.sample(users, rng), steps),
-        "multi_anchor_fwd_bwd": _median_ms(multi_anchor, steps),
-        "gru_fwd_bwd": _median_ms(gru, steps),
-        "switch_head_loss_fwd_bwd": _median_ms(switch_head_loss, steps),
+        "collation": median_ms(lambda: sampler.sample(users, rng)),
+        "multi_anchor_fwd_bwd": median_ms(multi_anchor),
+        "gru_fwd_bwd": median_ms(gru),
+        "switch_head_loss_fwd_bwd": median_ms(switch_head_loss),
     }
     whole_step()  # gradients for every parameter (sparse W^e included) before timing the step alone
-    parts["optimizer_step"] = _median_ms(optimiser, steps)
-    whole = _median_ms(whole_step, steps) + parts["collation"]
+    parts["optimizer_step"] = median_ms(optimiser)
+    whole = median_ms(whole_step) + parts["collation"]
     parts["python_and_other"] = round(whole - sum(parts.values()), 1)
     gru_gflops = 3 * gru_flops(batch, model) / (parts["gru_fwd_bwd"] / 1000) / 1e9  # backward = 2x forward
-    machine = mm_gflops()
+    machine = mm_gflops(cpu)
     return {"whole_step_ms": round(whole, 1), "parts_ms": parts,
             "gru_gflops": round(gru_gflops, 1), "mm_gflops": round(machine, 1),
             "gru_flops_fraction": round(gru_gflops / machine, 3),

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,27 +54,10 @@ sys.path.insert(0, str(ROOT))
 from lurm_lite import runs  # noqa: E402
 from lurm_lite.contrastive import adam_optimizers, info_nce  # noqa: E402
 from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
-from lurm_lite.testing import dense_multi_anchor, random_boi  # noqa: E402
+from lurm_lite.testing import dense_multi_anchor, mm_gflops, random_boi, timed  # noqa: E402
 from lurm_lite.user_training import encode_users, encoding_batches  # noqa: E402
 
 M, H, PERIODS, NNZ = 10, 128, 24, 50
-
-
-def timed(fn, dev: torch.device, reps: int, budget_s: float = 20.0) -> tuple[float, int]:
-    """Median wall time (ms) of ``fn()`` after one warm-up call; fewer reps past ``budget_s``."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
-        if sum(times) > budget_s:
-            break
-    return 1000 * statistics.median(times), len(times)
 
 
 def smen_forward_flops(batch: dict, n_users: int) -> float:
@@ -96,13 +78,6 @@ def smen_forward_flops(batch: dict, n_users: int) -> float:
     flops += 2 * n_users * (M * H * H + M * M * H + (M * H) ** 2)
     flops += 2 * n_users * n_users * M * H
     return flops
-
-
-def mm_gflops(dev: torch.device, reps: int) -> float:
-    """GFLOP/s of a plain float32 ``torch.mm`` (4096 x 1024) @ (1024 x 1024) on ``dev``."""
-    a, b = torch.randn(4096, 1024, device=dev), torch.randn(1024, 1024, device=dev)
-    ms, _ = timed(lambda: a @ b, dev, max(reps, 5))
-    return 2 * 4096 * 1024 * 1024 / (ms / 1000) / 1e9
 
 
 ZIPF = 1.1  # exponent of the skewed interests: P(j) ~ 1 / rank^1.1

@@ -4,12 +4,18 @@ Neither folder is a package, so what both need lives here, in the package:
 
 - :func:`dense_multi_anchor`: §2.2.1 eq. (5)-(6) written densely over all D interests, the
   reference that ``lurm_lite.smen.MultiAnchor`` (non-zeros only) must equal;
-- :func:`random_boi`: random BoI sequences (eq. 4) with uniform or Zipf-distributed interests.
+- :func:`random_boi`: random BoI sequences (eq. 4) with uniform or Zipf-distributed interests;
+- :func:`timed` and :func:`mm_gflops`: the benchmarks' median timer and the machine's plain
+  matrix-product rate, the denominator of their ``*_flops_fraction`` ratios.
 
 Nothing in the training or encoding chain calls these.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,3 +65,31 @@ def random_boi(n_users: int, D: int, max_periods: int, nnz: int, seed: int, gran
     period = np.concatenate([np.sort(rng.choice(200, n, replace=False)) for n in n_rows]).astype(np.int64)
     return BoISequences(matrix, np.arange(n_users, dtype=np.int64) * 10,
                         np.concatenate([[0], np.cumsum(n_rows)]).astype(np.int64), period, granularity)
+
+
+def timed(fn: Callable[[], object], dev: torch.device, reps: int, budget_s: float = 20.0) -> tuple[float, int]:
+    """Median wall time (ms) of ``fn()`` after one warm-up call, and the number of timed calls.
+
+    CUDA work is synchronised around each call; timing stops early once ``budget_s`` seconds
+    of calls have run (at least one call is timed).
+    """
+    fn()
+    times = []
+    for _ in range(reps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - start)
+        if sum(times) > budget_s:
+            break
+    return 1000 * statistics.median(times), len(times)
+
+
+def mm_gflops(dev: torch.device, reps: int = 5) -> float:
+    """GFLOP/s of a plain float32 ``torch.mm`` (4096 x 1024) @ (1024 x 1024) on ``dev``."""
+    a, b = torch.randn(4096, 1024, device=dev), torch.randn(1024, 1024, device=dev)  # (4096, 1024), (1024, 1024)
+    ms, _ = timed(lambda: a @ b, dev, max(reps, 5))
+    return 2 * 4096 * 1024 * 1024 / (ms / 1000) / 1e9
