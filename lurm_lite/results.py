@@ -96,7 +96,7 @@ SCHEMA = Record(
 )
 
 
-def field_path(path: Sequence[str | int]) -> str:
+def _field_path(path: Sequence[str | int]) -> str:
     """``("tasks", "age", "LURM")`` -> ``tasks['age']['LURM']``; ``()`` -> ``the top level``."""
     if not path:
         return "the top level"
@@ -115,7 +115,7 @@ def check(spec: Spec, value: Any, source: str, path: tuple[str | int, ...] = ())
     not name, then each value), maps and lists in the document's order.
     """
     def fail(problem: str, at: tuple[str | int, ...] = path) -> None:
-        raise ValueError(f"{source}: {field_path(at)} {problem}")
+        raise ValueError(f"{source}: {_field_path(at)} {problem}")
 
     if isinstance(spec, Number):
         if (isinstance(value, bool) or not isinstance(value, int if spec.integer else (int, float))
@@ -231,8 +231,9 @@ def _percent(value: float, best: float) -> str:
 def results_table(results: Mapping[str, Any]) -> pd.DataFrame:
     """The results as a methods x tasks table of Markdown cells, in the form of Tables 2-5.
 
-    Rows in order of first appearance, columns in task order, index named ``Method``. A cell is ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the
-    best ACC are bold (``**x**``; ties: all of them); a method without a result shows ``-``.
+    Rows in order of first appearance, columns in task order, index named ``Method``. A cell
+    is ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the best ACC are bold
+    (``**x**``; ties: all of them); a method without a result shows ``-``.
     ``frame.attrs["skipped"]`` holds ``results["skipped"]`` ({task: reason}, may be empty).
     """
     by_task = results["tasks"]

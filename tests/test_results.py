@@ -101,7 +101,8 @@ LURM_T1 = ("tasks", "t1", "LURM")
     (_set("skipped", ["t3"]), "skipped must be an object {task: reason}, got ['t3']"),
     (_set("skipped", {"t3": ""}), "skipped['t3'] must be a non-empty reason, got ''"),
     (_set("skipped", {"t3": None}), "skipped['t3'] must be a non-empty reason, got None"),
-    (_set("skipped", {"t3": "too few", "t1": "too few"}), "skipped['t1'] names a task that also has results in 'tasks'"),
+    (_set("skipped", {"t3": "too few", "t1": "too few"}),
+     "skipped['t1'] names a task that also has results in 'tasks'"),
 ])
 def test_validate_results_names_the_first_offending_field(breakage, message):
     doc = copy.deepcopy(_two_method_results())
