@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_prep import movielens  # noqa: E402
+from lurm_lite.results import load_results  # noqa: E402
 
 AMAZON_SUBCATEGORIES = ("Guitars", "Drums", "Keyboards", "Microphones", "Cables", "Amplifiers")
 
@@ -92,7 +93,7 @@ def timed(cmd: list[str], log: Path) -> tuple[int, float]:
 
 def summarize_run(run_dir: Path) -> dict[str, Any]:
     """Tasks, LURM against the best method, and the item/interest facts of one finished run."""
-    results = json.loads((run_dir / "results.json").read_text())
+    results = load_results(run_dir / "results.json")
     embeddings = np.load(run_dir / "item_embeddings.npy")  # (n_items, H)
     interest_sizes = np.bincount(np.load(run_dir / "item_interest.npy"))  # (D,)
     per_task = {}

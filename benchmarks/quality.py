@@ -49,6 +49,7 @@ from lurm_lite.boi import load_boi  # noqa: E402
 from lurm_lite.chain import run_chain  # noqa: E402
 from lurm_lite.config import for_scale  # noqa: E402
 from lurm_lite.downstream import all_task_labels  # noqa: E402
+from lurm_lite.results import load_results  # noqa: E402
 from lurm_lite.runs import RunPaths, load_json, save_json  # noqa: E402
 from lurm_lite.smen import SMEN, load_smen  # noqa: E402
 from lurm_lite.user_training import encode_users, load_user_reps  # noqa: E402
@@ -157,7 +158,7 @@ def run_seed(seed: int, scale: str, work_dir: Path, device: str, log=print) -> d
 
     config = for_scale(scale)
     timing: dict[str, float] = {"chain": round(chain_seconds, 1)}
-    results = load_json(run.results)
+    results = load_results(run.results)
     dataset = load_dataset(run.dataset_dir())
     history = dataset.history()
     user_ids = np.unique(history["user_id"].to_numpy()).astype(np.int64)  # notebook 05's users

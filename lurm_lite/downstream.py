@@ -19,8 +19,7 @@ the representations of 80% of the task's users and tested on the other 20% (§3.
   and labels and the seed only, so every method is tested on the same users.
 - Metrics (§3.5, Tables 2-5): AUC and ACC; for multiclass tasks the macro one-vs-rest AUC.
   A bootstrap over the test users gives a 95% interval for the AUC.
-- Results (Tables 2-5): methods as rows, tasks as columns, ``AUC/ACC`` in %, best in bold,
-  written as ``results.md`` beside the machine-readable ``results.json``.
+- Results (Tables 2-5): :mod:`lurm_lite.results` writes ``results.json`` and its table.
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -121,7 +119,7 @@ class TaskResults(dict):
     """``{task: metrics}`` of the evaluated tasks; ``skipped`` holds ``{task: reason}`` of the others.
 
     What :func:`evaluate` returns: a plain dict of metrics for every caller that iterates
-    it, with the skipped tasks beside it for :func:`collect_results`.
+    it, with the skipped tasks beside it for :func:`lurm_lite.results.collect_results`.
     """
 
     def __init__(self, metrics: Mapping[str, dict[str, Any]] = (), skipped: Mapping[str, str] | None = None):

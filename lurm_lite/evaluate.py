@@ -152,7 +152,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence
             print(f"{method}: {X.shape[1]} dims, {len(per_method[method])} tasks, "
                   f"{time.perf_counter() - start:.1f} s")
     collected = results.collect_results(dataset.name, seed, per_method)
-    results.save_results(collected, run.results, methods)
+    results.save_results(collected, run.results)
     return collected
 
 

@@ -1,7 +1,8 @@
 """The README's results section, regenerated from a run folder (never edited by hand).
 
 ``python -m lurm_lite readme --run-dir runs/demo`` replaces the block between the markers
-below in README.md with the run's results table (``results.md``), its stage timings
+below in README.md with the run's results table (:func:`lurm_lite.results.results_markdown` of
+its ``results.json``, the table ``results.md`` holds), its stage timings
 (``chain.json``) and figures copied to ``docs/figures/``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from lurm_lite.results import load_results, results_markdown
 from lurm_lite.runs import RunPaths, atomic_path, load_json
 
 START = "<!-- results:start (python -m lurm_lite readme --run-dir DIR writes this block) -->"
@@ -30,7 +32,7 @@ def results_block(run: RunPaths, figure_dir: Path, readme_dir: Path) -> str:
         stages = ", ".join(f"{stem.split('_', 1)[0]}: {sec:.0f} s" for stem, sec in timings["stage_seconds"].items())
         lines += [f"Run folder `{run.root.name}`; stage times ({timings['total_seconds'] / 60:.1f} min in all): "
                   f"{stages}.", ""]
-    lines += [(run.root / "results.md").read_text().strip(), ""]
+    lines += [results_markdown(load_results(run.results)).strip(), ""]
     figure_dir.mkdir(parents=True, exist_ok=True)
     for name, caption in FIGURES.items():
         source = run.figure(name)

@@ -1,11 +1,19 @@
 """``results.json``, the machine-readable result of a run, and its tables (Tables 2-5 of the paper).
 
-Methods as rows, tasks as columns, ``AUC/ACC`` in %, best in bold, written as ``results.md``
-beside ``results.json``.
+The format is :data:`SCHEMA`, a declarative description that :func:`check` walks
+(:func:`validate_results`, :func:`load_results`): the first field that breaks it is named by its
+path, e.g. ``results.json: tasks['age']['LURM']['auc'] must be a fraction in [0, 1], got 1.2``.
+
+Every table of results (``results.md`` beside ``results.json``, the README block, notebooks 05
+and 08) is :func:`results_table`: methods as rows, tasks as columns, ``AUC/ACC`` in % with 2
+decimals, the best per task in bold, ``-`` where a method has no result; :func:`markdown_table`
+writes it as Markdown.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -13,129 +21,255 @@ import pandas as pd
 
 from lurm_lite.runs import atomic_path, save_json
 
+# --- the schema -------------------------------------------------------------------------
 
 
-def collect_results(dataset_name: str, split_seed: int,
-                    per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods).
+@dataclass(frozen=True)
+class Number:
+    """A JSON number (a bool is not one) in ``[lo, hi]`` (None: unbounded); ``integer``: an int."""
 
-    The tasks that :func:`evaluate` skipped (``TaskResults.skipped`` of any method) go to
-    ``"skipped": {task: reason}``.
+    what: str
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string; ``nonempty``: at least one character."""
+
+    what: str
+    nonempty: bool = False
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list of exactly ``length`` ``item``s."""
+
+    item: Spec
+    length: int
+    what: str
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """An object with any keys, every value a ``value``."""
+
+    value: Spec
+    what: str
+
+
+@dataclass(frozen=True)
+class Disjoint:
+    """No key of the object in field ``name`` may be a key of the object in field ``other``."""
+
+    name: str
+    other: str
+    what: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """An object with exactly ``fields`` (those in ``optional`` may be absent) and its ``rules``."""
+
+    fields: Mapping[str, Spec]
+    what: str
+    optional: frozenset[str] = frozenset()
+    rules: tuple[Disjoint, ...] = ()
+
+
+Spec = Number | Text | ListOf | MapOf | Record
+
+FRACTION = Number("a fraction in [0, 1]", lo=0.0, hi=1.0)
+METRICS = Record({"auc": FRACTION, "acc": FRACTION,
+                  "auc_ci95": ListOf(Number("a number"), 2, "a list [lo, hi] of two numbers"),
+                  "n_test": Number("a positive integer", lo=1, integer=True)},
+                 "an object {auc, acc, auc_ci95, n_test}")
+SCHEMA = Record(
+    {"dataset": Text("a string"),
+     "split_seed": Number("an integer", integer=True),
+     "tasks": MapOf(MapOf(METRICS, "an object {method: metrics}"), "an object {task: {method: metrics}}"),
+     "skipped": MapOf(Text("a non-empty reason", nonempty=True), "an object {task: reason}")},
+    "an object {dataset, split_seed, tasks, skipped}",
+    optional=frozenset({"skipped"}),  # absent in files written before it existed
+    rules=(Disjoint("skipped", "tasks", "names a task that also has results in 'tasks'"),),
+)
+
+
+def _field_path(path: Sequence[str | int]) -> str:
+    """``("tasks", "age", "LURM")`` -> ``tasks['age']['LURM']``; ``()`` -> ``the top level``."""
+    if not path:
+        return "the top level"
+    return str(path[0]) + "".join(f"[{key!r}]" for key in path[1:])
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check(spec: Spec, value: Any, source: str, path: tuple[str | int, ...] = ()) -> None:
+    """Walk ``spec`` over ``value``; raise ValueError ``"{source}: {field path} {problem}"`` at the first offence.
+
+    Objects are checked key by key in the spec's order (missing keys, then keys the spec does
+    not name, then each value), maps and lists in the document's order.
+    """
+    def fail(problem: str, at: tuple[str | int, ...] = path) -> None:
+        raise ValueError(f"{source}: {_field_path(at)} {problem}")
+
+    if isinstance(spec, Number):
+        if (isinstance(value, bool) or not isinstance(value, int if spec.integer else (int, float))
+                or (spec.lo is not None and not value >= spec.lo) or (spec.hi is not None and not value <= spec.hi)):
+            fail(f"must be {spec.what}, got {_short(value)}")
+    elif isinstance(spec, Text):
+        if not isinstance(value, str) or (spec.nonempty and not value):
+            fail(f"must be {spec.what}, got {_short(value)}")
+    elif isinstance(spec, ListOf):
+        if not isinstance(value, list) or len(value) != spec.length:
+            fail(f"must be {spec.what}, got {_short(value)}")
+        for i, item in enumerate(value):
+            check(spec.item, item, source, path + (i,))
+    elif isinstance(spec, MapOf):
+        if not isinstance(value, dict):
+            fail(f"must be {spec.what}, got {_short(value)}")
+        for key, item in value.items():
+            check(spec.value, item, source, path + (key,))
+    elif isinstance(spec, Record):
+        if not isinstance(value, dict):
+            fail(f"must be {spec.what}, got {_short(value)}")
+        for key in spec.fields:
+            if key not in value and key not in spec.optional:
+                fail("is missing", path + (key,))
+        for key in value:
+            if key not in spec.fields:
+                fail(f"is not a field (expected {', '.join(spec.fields)})", path + (key,))
+        for key, sub in spec.fields.items():
+            if key in value:
+                check(sub, value[key], source, path + (key,))
+        for rule in spec.rules:
+            for key in value.get(rule.name, {}):
+                if key in value.get(rule.other, {}):
+                    fail(rule.what, path + (rule.name, key))
+    else:
+        raise TypeError(f"not a schema node: {spec!r}")
+
+
+def validate_results(obj: Any, source: str = "results.json") -> None:
+    """Check ``obj`` against :data:`SCHEMA`; ValueError naming ``source`` and the first offending field.
+
+    ``{"dataset": str, "split_seed": int, "tasks": {TASK: {METHOD: {"auc", "acc", "auc_ci95":
+    [lo, hi], "n_test"}}}, "skipped": {TASK: reason}}``: exactly these keys, auc and acc in
+    [0, 1], n_test a positive int (bools are not numbers); ``skipped`` may be absent, names
+    tasks that are not in ``tasks``, each with a non-empty reason.
+    """
+    check(SCHEMA, obj, source)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read and validate a results.json file; a broken file fails naming ``path`` and the field."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    validate_results(obj, str(path))
+    return obj
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _by_task(per_method: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``{method: {task: metrics}}`` -> (``{task: {method: metrics}}``, ``{task: reason}``).
+
+    The skipped tasks are those of ``TaskResults.skipped`` of any method, first reason kept.
     """
     tasks: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for method, per_task in per_method.items():
         for task, metrics in per_task.items():
-            tasks.setdefault(task, {})[method] = {
-                "auc": float(metrics["auc"]), "acc": float(metrics["acc"]),
-                "auc_ci95": [float(v) for v in metrics["auc_ci95"]], "n_test": int(metrics["n_test"]),
-            }
+            tasks.setdefault(task, {})[method] = metrics
         for task, reason in getattr(per_task, "skipped", {}).items():
             skipped.setdefault(task, reason)
+    return tasks, skipped
+
+
+def collect_results(dataset_name: str, split_seed: int,
+                    per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods)."""
+    tasks, skipped = _by_task(per_method)
+    tasks = {task: {method: {"auc": float(m["auc"]), "acc": float(m["acc"]),
+                             "auc_ci95": [float(v) for v in m["auc_ci95"]], "n_test": int(m["n_test"])}
+                    for method, m in methods.items()}
+             for task, methods in tasks.items()}
     return {"dataset": dataset_name, "split_seed": int(split_seed), "tasks": tasks, "skipped": skipped}
 
 
-def validate_results(obj: Any) -> None:
-    """Check the results.json schema; raise ValueError naming the first offending field.
+def save_results(results: Mapping[str, Any], json_path: str | Path) -> tuple[Path, Path]:
+    """Validate and write ``results.json`` and, beside it, ``results.md`` (both atomically).
 
-    ``{"dataset": str, "split_seed": int, "tasks": {TASK: {METHOD: {"auc": float,
-    "acc": float, "auc_ci95": [lo, hi], "n_test": int}}}, "skipped": {TASK: reason}}`` with
-    auc and acc in [0, 1]; ``skipped`` (absent in files written before it existed) names
-    tasks that are not in ``tasks``, each with a non-empty reason.
+    ``results.md`` is :func:`results_markdown` of the object, so it is the table any reader
+    of ``results.json`` renders (the README block does).
     """
-    def fail(where: str, what: str) -> None:
-        raise ValueError(f"results.json: {where} {what}")
-
-    if not isinstance(obj, dict):
-        fail("top level", f"must be an object, got {type(obj).__name__}")
-    for key in ("dataset", "split_seed", "tasks"):
-        if key not in obj:
-            fail(f"key {key!r}", "is missing")
-    if not isinstance(obj["dataset"], str):
-        fail("'dataset'", f"must be a string, got {obj['dataset']!r}")
-    if isinstance(obj["split_seed"], bool) or not isinstance(obj["split_seed"], int):
-        fail("'split_seed'", f"must be an integer, got {obj['split_seed']!r}")
-    if not isinstance(obj["tasks"], dict):
-        fail("'tasks'", "must be an object {task: {method: metrics}}")
-    for task, methods in obj["tasks"].items():
-        if not isinstance(methods, dict):
-            fail(f"tasks[{task!r}]", "must be an object {method: metrics}")
-        for method, m in methods.items():
-            where = f"tasks[{task!r}][{method!r}]"
-            if not isinstance(m, dict):
-                fail(where, "must be an object")
-            if set(m) != {"auc", "acc", "auc_ci95", "n_test"}:
-                fail(where, f"must have exactly auc, acc, auc_ci95, n_test; has {sorted(m)}")
-            for key in ("auc", "acc"):
-                value = m[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                    fail(f"{where}[{key!r}]", f"must be a fraction in [0, 1], got {value!r}")
-            ci = m["auc_ci95"]
-            if not (isinstance(ci, list) and len(ci) == 2
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)):
-                fail(f"{where}['auc_ci95']", f"must be a list [lo, hi] of two numbers, got {ci!r}")
-            if isinstance(m["n_test"], bool) or not isinstance(m["n_test"], int) or m["n_test"] < 1:
-                fail(f"{where}['n_test']", f"must be a positive integer, got {m['n_test']!r}")
-    skipped = obj.get("skipped", {})
-    if not isinstance(skipped, dict):
-        fail("'skipped'", "must be an object {task: reason}")
-    for task, reason in skipped.items():
-        if not isinstance(reason, str) or not reason:
-            fail(f"skipped[{task!r}]", f"must be a non-empty reason, got {reason!r}")
-        if task in obj["tasks"]:
-            fail(f"skipped[{task!r}]", "names a task that also has results in 'tasks'")
-
-
-def results_markdown(results: Mapping[str, Any], methods: Sequence[str] | None = None) -> str:
-    """The results as a Markdown table in the form of Tables 2-5.
-
-    Methods are rows (in ``methods`` order, default: first appearance), tasks are columns,
-    cells are ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the best ACC are
-    bold (ties: all of them). A method without a result for a task shows ``-``. Skipped
-    tasks are listed below the table with their reasons.
-    """
-    tasks = list(results["tasks"])
-    if methods is None:
-        methods = list(dict.fromkeys(m for task in tasks for m in results["tasks"][task]))
-    lines = [f"Results on {results['dataset']} (AUC(%)/ACC(%), split seed {results['split_seed']}); "
-             "the best score per task is bold.", "",
-             "| Method | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
-
-    def cell(value: float, best: float) -> str:
-        text = f"{100 * value:.2f}"
-        return f"**{text}**" if round(100 * value, 2) == round(100 * best, 2) else text
-
-    best = {task: {key: max(m[key] for m in results["tasks"][task].values()) for key in ("auc", "acc")}
-            for task in tasks}
-    for method in methods:
-        cells = []
-        for task in tasks:
-            m = results["tasks"][task].get(method)
-            cells.append("-" if m is None else
-                         f"{cell(m['auc'], best[task]['auc'])}/{cell(m['acc'], best[task]['acc'])}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    if not tasks:
-        lines[2:] = ["No task could be evaluated."]
-    skipped = results.get("skipped", {})
-    if skipped:
-        lines += ["", "Skipped tasks: " + "; ".join(f"{task}: {reason}" for task, reason in skipped.items()) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def save_results(results: Mapping[str, Any], json_path: str | Path,
-                 methods: Sequence[str] | None = None) -> tuple[Path, Path]:
-    """Validate and write ``results.json`` and, beside it, ``results.md`` (both atomically)."""
     validate_results(results)
     json_path = Path(json_path)
     save_json(json_path, results)
     markdown_path = json_path.with_suffix(".md")
     with atomic_path(markdown_path) as tmp:
-        tmp.write_text(results_markdown(results, methods))
+        tmp.write_text(results_markdown(results))
     return json_path, markdown_path
 
+
+# --- the table --------------------------------------------------------------------------
+
+
+def _percent(value: float, best: float) -> str:
+    text = f"{100 * value:.2f}"
+    return f"**{text}**" if round(100 * value, 2) == round(100 * best, 2) else text
+
+
+def results_table(results: Mapping[str, Any]) -> pd.DataFrame:
+    """The results as a methods x tasks table of Markdown cells, in the form of Tables 2-5.
+
+    Rows in order of first appearance, columns in task order, index named ``Method``. A cell
+    is ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the best ACC are bold
+    (``**x**``; ties: all of them); a method without a result shows ``-``.
+    ``frame.attrs["skipped"]`` holds ``results["skipped"]`` ({task: reason}, may be empty).
+    """
+    by_task = results["tasks"]
+    methods = list(dict.fromkeys(m for per_method in by_task.values() for m in per_method))
+    columns = {}
+    for task, per_method in by_task.items():
+        best = {key: max(m[key] for m in per_method.values()) for key in ("auc", "acc")}
+        columns[task] = ["-" if method not in per_method else
+                         f"{_percent(per_method[method]['auc'], best['auc'])}/"
+                         f"{_percent(per_method[method]['acc'], best['acc'])}" for method in methods]
+    frame = pd.DataFrame(columns, index=pd.Index(methods, name="Method"), columns=list(by_task), dtype=object)
+    frame.attrs["skipped"] = dict(results.get("skipped", {}))
+    return frame
+
+
 def table_frame(per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
-    """``{method: {task: metrics}}`` -> Table 5's layout: methods x tasks, cells "AUC/ACC" in %."""
-    tasks = list(dict.fromkeys(t for per_task in per_method.values() for t in per_task))
-    cells = {method: {task: (f"{100 * m[task]['auc']:.2f}/{100 * m[task]['acc']:.2f}" if task in m else "")
-                      for task in tasks} for method, m in per_method.items()}
-    return pd.DataFrame.from_dict(cells, orient="index", columns=tasks)
+    """:func:`results_table` of ``{method: {task: metrics}}`` (``evaluate``'s results per method)."""
+    tasks, skipped = _by_task(per_method)
+    return results_table({"tasks": tasks, "skipped": skipped})
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A :func:`results_table` as a Markdown pipe table, its skipped tasks listed below it."""
+    if len(frame.columns):
+        lines = [f"| {frame.index.name or ''} | " + " | ".join(map(str, frame.columns)) + " |",
+                 "| --- |" + " --- |" * len(frame.columns)]
+        lines += [f"| {method} | " + " | ".join(row) + " |" for method, row in zip(frame.index, frame.to_numpy())]
+    else:
+        lines = ["No task could be evaluated."]
+    skipped = frame.attrs.get("skipped")
+    if skipped:
+        lines += ["", "Skipped tasks: " + "; ".join(f"{task}: {reason}" for task, reason in skipped.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """``results.md``: a caption (dataset, split seed) and the :func:`markdown_table` of the results."""
+    return (f"Results on {results['dataset']} (AUC(%)/ACC(%), split seed {results['split_seed']}); "
+            "the best score per task is bold.\n\n" + markdown_table(results_table(results)))

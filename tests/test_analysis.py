@@ -93,7 +93,8 @@ def test_metrics_frame_and_length_trend():
     assert trend.loc["age", "gain"] == pytest.approx(0.2) and trend.loc["age", "spearman"] == pytest.approx(1.0)
     assert trend.loc["books", "best"] == "1Y" and trend.loc["books", "from_best"] == pytest.approx(-0.01)
     table = results.table_frame({"BoI": per["2M"], "LURM": per["life"]})
-    assert table.loc["LURM", "age"] == "80.00/40.00" and list(table.columns) == ["age", "books"]
+    assert table.loc["LURM", "age"] == "**80.00**/**40.00**" and list(table.columns) == ["age", "books"]
+    assert table.loc["BoI", "books"] == "70.00/70.00" and table.loc["LURM", "books"] == "**74.00**/**71.00**"
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""Downstream evaluation (§3.2-3.5): labels, split, probe, metrics, results files, evaluate_run."""
+"""Downstream evaluation (§3.2-3.5): labels, split, probe, metrics, evaluate_run (results files: test_results.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 
 import numpy as np
@@ -14,7 +13,6 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from data_prep.schema import Dataset, date_to_ts
 from lurm_lite import downstream
-from lurm_lite.results import collect_results, results_markdown, save_results, validate_results
 from lurm_lite.config import DownstreamConfig, for_scale
 from lurm_lite.evaluate import evaluate_run, main
 from lurm_lite.runs import RunPaths, load_json, save_npy, save_npz
@@ -83,7 +81,7 @@ def test_skip_reason(y, reason):
     assert got == reason if reason is None else got.startswith(reason)
 
 
-def test_small_tasks_are_skipped_and_recorded_in_results(tmp_path):
+def test_small_tasks_are_skipped_with_their_reasons():
     rng = np.random.default_rng(7)
     user_ids = np.arange(300, dtype=np.int64)
     labels = {"fine": (user_ids, rng.integers(0, 2, 300)),
@@ -96,16 +94,6 @@ def test_small_tasks_are_skipped_and_recorded_in_results(tmp_path):
     assert list(per_task) == ["fine"]
     assert per_task.skipped == {"rare": "5 positives and 295 negatives among 300 users; a binary task needs at "
                                         "least 20 of each", "constant": "all 50 users have the same label"}
-    results = collect_results("stub", 0, {"A": per_task, "B": per_task})
-    assert set(results["tasks"]) == {"fine"} and results["skipped"] == per_task.skipped
-    json_path, md_path = save_results(results, tmp_path / "results.json")
-    assert load_json(json_path)["skipped"] == per_task.skipped
-    assert "Skipped tasks: rare: 5 positives and 295 negatives" in md_path.read_text()
-    assert "constant: all 50 users have the same label." in md_path.read_text()
-
-    everything_skipped = collect_results("stub", 0, {"A": downstream.TaskResults({}, {"rare": "too few"})})
-    markdown = results_markdown(everything_skipped)
-    assert "No task could be evaluated." in markdown and "| Method |" not in markdown and "rare: too few" in markdown
 
 
 # --- split ------------------------------------------------------------------------------
@@ -301,50 +289,6 @@ def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_users():
     assert one_class[0] == one_class[1] == 1.0  # resamples without a positive are skipped
 
 
-# --- results files ----------------------------------------------------------------------
-
-
-def _two_method_results():
-    per_method = {
-        "TF-IDF": {"t1": {"auc": 0.7862, "acc": 0.7721, "auc_ci95": [0.75, 0.81], "n_test": 40},
-                   "t2": {"auc": 0.60, "acc": 0.55, "auc_ci95": [0.5, 0.7], "n_test": 40}},
-        "LURM": {"t1": {"auc": 0.8255, "acc": 0.7500, "auc_ci95": [0.80, 0.85], "n_test": 40}},
-    }
-    return collect_results("toy", 0, per_method)
-
-
-def test_results_json_validates_and_markdown_bolds_the_best(tmp_path):
-    results = _two_method_results()
-    assert results["skipped"] == {}
-    old_file = {k: v for k, v in results.items() if k != "skipped"}  # written before "skipped" existed
-    validate_results(old_file)
-    json_path, md_path = save_results(results, tmp_path / "results.json")
-    loaded = load_json(json_path)
-    validate_results(loaded)
-    assert loaded["tasks"]["t1"]["LURM"] == {"auc": 0.8255, "acc": 0.75, "auc_ci95": [0.8, 0.85], "n_test": 40}
-    markdown = md_path.read_text()
-    assert "| LURM | **82.55**/75.00 | - |" in markdown
-    assert "| TF-IDF | 78.62/**77.21** | **60.00**/**55.00** |" in markdown
-
-
-@pytest.mark.parametrize("breakage, message", [
-    (lambda r: r.pop("split_seed"), "split_seed"),
-    (lambda r: r["tasks"]["t1"]["LURM"].update(auc=81.0), "fraction"),
-    (lambda r: r["tasks"]["t1"]["LURM"].update(auc_ci95=[0.8]), "auc_ci95"),
-    (lambda r: r["tasks"]["t1"]["LURM"].update(n_test="40"), "n_test"),
-    (lambda r: r["tasks"]["t1"]["LURM"].pop("acc"), "exactly"),
-    (lambda r: r.update(tasks=[]), "tasks"),
-    (lambda r: r.update(skipped=["t3"]), "'skipped' must be an object"),
-    (lambda r: r.update(skipped={"t3": ""}), r"skipped\['t3'\] must be a non-empty reason"),
-    (lambda r: r.update(skipped={"t1": "too few"}), r"skipped\['t1'\] names a task that also has results"),
-])
-def test_validate_results_names_what_is_wrong(breakage, message):
-    results = json.loads(json.dumps(_two_method_results()))
-    breakage(results)
-    with pytest.raises(ValueError, match=message):
-        validate_results(results)
-
-
 # --- evaluate_run -----------------------------------------------------------------------
 
 
@@ -372,7 +316,7 @@ def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(t
     assert all(set(methods) == {"RFM", "MeanItemEmb", "LURM"} for methods in results["tasks"].values())
     assert load_json(run.results) == results
     rows = [line.split(" |")[0] for line in run.results.with_suffix(".md").read_text().splitlines()[4:]]
-    assert [row for row in rows if row in ("| RFM", "| MeanItemEmb", "| LURM")] == ["| RFM", "| MeanItemEmb", "| LURM"]
+    assert rows[:3] == ["| RFM", "| MeanItemEmb", "| LURM"] and "| BoI" not in rows  # no row for a skipped method
 
     main(["--run-dir", str(run.root), "--dataset", str(tiny_dataset), "--scale", "tiny", "--methods", "LURM",
           "--seed", "1"])
