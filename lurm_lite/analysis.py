@@ -35,13 +35,11 @@ import torch
 
 from lurm_lite import baselines, clustering, downstream, runs
 from lurm_lite.boi import BoISequences, build_boi
-from lurm_lite.config import ClusteringConfig, DownstreamConfig, SMENConfig, UserTrainingConfig
+from lurm_lite.config import PAPER_LENGTHS_MONTHS, ClusteringConfig, DownstreamConfig, SMENConfig, UserTrainingConfig
 from lurm_lite.runs import RunPaths, load_json, save_npz
 from lurm_lite.smen import SMEN, load_smen
 from lurm_lite.user_training import boi_fingerprint, encode_users, period_start_ts, train_smen
 
-# Fig. 3's lengths in months: 2 months, 6 months, 1, 2, 3, 4, 5 years (then the whole life).
-PAPER_LENGTHS_MONTHS = (2, 6, 12, 24, 36, 48, 60)
 LIFE = "life"
 
 # ---------------------------------------------------------------------------------------
@@ -452,39 +450,3 @@ def alpha_concentration(alpha: np.ndarray, weight: np.ndarray | None = None) -> 
     w = w / max(w.sum(), 1e-300)
     entropy = -(alpha * np.log(np.clip(alpha, 1e-300, None))).sum(axis=1) / (np.log(M) if M > 1 else 1.0)
     return {"max_alpha": float(w @ alpha.max(axis=1)), "entropy": float(w @ entropy), "uniform_max_alpha": 1.0 / M}
-
-
-
-# ---------------------------------------------------------------------------------------
-# Per-scale defaults of notebooks 06-08 (their parameters default to None = these)
-# ---------------------------------------------------------------------------------------
-
-ANALYSIS_DEFAULTS: dict[str, dict[str, Any]] = {
-    # tiny: seconds per notebook (tests); default: `make demo` on 2 CPU cores; paper: the
-    # paper's sweeps and all of Table 5, for a GPU. Measured on 2 cores, synthetic default
-    # (D = 1000, ~4,900 trainable users, whole-life fixed-interval timelines): one epoch costs
-    # 76 s for a month + year SMEN (M = 10, H = 128; 52 s since TimeAggregation packs its chunks),
-    # 61 s monthly only, 11 s yearly only, 12 s for 1anchor-128 and 841 s for 1anchor-1280 (a GRU of H = 1280 does 10x the
-    # arithmetic of ten H = 128 anchors). So the default scale leaves 1anchor-MH out of
-    # VARIANTS (one variant would cost an hour; add it with -p VARIANTS) and trains every
-    # variant, and its equal-budget LURM reference, for 2 epochs: notebook 04's learning curve
-    # on that data (quality seed 0) has age AUC 82.4 after 2 epochs and 84.5 after 6, a rise
-    # shared by every variant of the same budget.
-    "tiny": {"lengths_months": (2, 12, 36), "ablation_epochs": 1, "d_sweep": (25, 50), "tsne_users": 100,
-             "variants": ("monthly", "yearly", "1anchor-H", "1anchor-MH")},
-    "default": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 2,
-                "d_sweep": (100, 300, 1000, 3000, 10_000), "tsne_users": 100,
-                "variants": ("monthly", "yearly", "1anchor-H")},
-    "paper": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 10,
-              "d_sweep": (1000, 10_000, 100_000, 200_000), "tsne_users": 100,
-              "variants": ("monthly", "yearly", "1anchor-H", "1anchor-MH")},
-}
-
-
-def analysis_default(scale: str, name: str, value: Any = None) -> Any:
-    """``value`` unless None, else the scale's default of notebook parameter ``name`` (see above)."""
-    if value is not None:
-        return value
-    if scale not in ANALYSIS_DEFAULTS:
-        raise ValueError(f"Unknown scale {scale!r}; choose one of {', '.join(ANALYSIS_DEFAULTS)}.")
-    return ANALYSIS_DEFAULTS[scale][name]
