@@ -26,8 +26,9 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -335,12 +336,19 @@ class Ablation:
         """``LURM(<E>ep)``: the run's SMEN config retrained with the variants' budget of E epochs."""
         return f"LURM({self.train_config.epochs}ep)"
 
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Record the seconds the ``with`` block takes as ``timing[name]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[name] = round(time.perf_counter() - start, 1)
+
     def evaluate(self, name: str, X) -> dict[str, dict[str, Any]]:
         """``{task: metrics}`` of X (n_users, d) by :func:`evaluate_representation`, timed as ``probe <name>``."""
-        start = time.perf_counter()
-        result = evaluate_representation(X, self.user_ids, None, self.downstream_config, self.seed, self.labels)
-        self.timing[f"probe {name}"] = round(time.perf_counter() - start, 1)
-        return result
+        with self.timed(f"probe {name}"):
+            return evaluate_representation(X, self.user_ids, None, self.downstream_config, self.seed, self.labels)
 
     def boi_row(self, name: str, assignment: np.ndarray | sp.spmatrix, n_interests: int) -> dict[str, dict[str, Any]]:
         """Metrics of the raw whole-life b_T (eq. 4, Table 5's BoI row) under ``assignment``."""
@@ -448,10 +456,9 @@ def n_interests_sweep(ab: Ablation, values: Sequence[int], embeddings: np.ndarra
         if d == interests.n_interests and interests.assignment == "hard":
             assignment, reps = interests.item_interest, reference_reps
         else:
-            start = time.perf_counter()
-            _, assignment = recluster(embeddings, d, clustering_config, ab.seed)
-            boi = boi_for(ab.history, assignment, d, base.scales)
-            ab.timing[f"k-means + BoI D={d}"] = round(time.perf_counter() - start, 1)
+            with ab.timed(f"k-means + BoI D={d}"):
+                _, assignment = recluster(embeddings, d, clustering_config, ab.seed)
+                boi = boi_for(ab.history, assignment, d, base.scales)
             reps, infos[f"D={d}"] = ab.variant(f"LURM D={d}", base, boi, f"lurm_D{d}_hard",
                                                {"n_interests": d, "assignment": "hard"})
         by_d[d] = ab.evaluate(f"D={d}", reps)
