@@ -26,7 +26,9 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,13 +37,12 @@ import torch
 
 from lurm_lite import baselines, clustering, downstream, runs
 from lurm_lite.boi import BoISequences, build_boi
-from lurm_lite.config import ClusteringConfig, DownstreamConfig, SMENConfig, UserTrainingConfig
+from lurm_lite.config import (ITEMS_PER_INTEREST, PAPER_LENGTHS_MONTHS, ClusteringConfig, DownstreamConfig,
+                              SMENConfig, UserTrainingConfig)
 from lurm_lite.runs import RunPaths, load_json, save_npz
 from lurm_lite.smen import SMEN, load_smen
 from lurm_lite.user_training import boi_fingerprint, encode_users, period_start_ts, train_smen
 
-# Fig. 3's lengths in months: 2 months, 6 months, 1, 2, 3, 4, 5 years (then the whole life).
-PAPER_LENGTHS_MONTHS = (2, 6, 12, 24, 36, 48, 60)
 LIFE = "life"
 
 # ---------------------------------------------------------------------------------------
@@ -309,6 +310,206 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
 
 
 
+@dataclass
+class Ablation:
+    """What every retrained row of notebook 08 shares (Table 5, Fig. 4, hard vs soft; §3.6).
+
+    One probe (:meth:`evaluate`: notebook 05's split and MLP) and one retraining recipe
+    (:meth:`variant`: :func:`train_variant` with ``train_config``, the run's sampler settings
+    at the ablation's epoch count, cached as ``cache_dir/<slug>.npz``); both time themselves
+    into ``timing`` and report through ``log`` (None: silent).
+    """
+
+    history: pd.DataFrame  # Dataset.history(): what the BoI rows and the re-clustered BoI count
+    labels: Mapping[str, tuple[np.ndarray, np.ndarray]]  # downstream.all_task_labels(dataset)
+    user_ids: np.ndarray  # (n_users,) int64 ascending: every user with history (notebook 05's)
+    downstream_config: DownstreamConfig
+    train_config: UserTrainingConfig  # epochs = AnalysisConfig.ablation_epochs
+    device: torch.device | str
+    seed: int
+    cache_dir: Path | None  # the run folder's ablations/ (None: nothing cached)
+    log: Callable[[str], None] | None = print
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> str:
+        """``LURM(<E>ep)``: the run's SMEN config retrained with the variants' budget of E epochs."""
+        return f"LURM({self.train_config.epochs}ep)"
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Record the seconds the ``with`` block takes as ``timing[name]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[name] = round(time.perf_counter() - start, 1)
+
+    def evaluate(self, name: str, X) -> dict[str, dict[str, Any]]:
+        """``{task: metrics}`` of X (n_users, d) by :func:`evaluate_representation`, timed as ``probe <name>``."""
+        with self.timed(f"probe {name}"):
+            return evaluate_representation(X, self.user_ids, None, self.downstream_config, self.seed, self.labels)
+
+    def boi_row(self, name: str, assignment: np.ndarray | sp.spmatrix, n_interests: int) -> dict[str, dict[str, Any]]:
+        """Metrics of the raw whole-life b_T (eq. 4, Table 5's BoI row) under ``assignment``."""
+        return self.evaluate(name, boi_in_window(self.history, assignment, n_interests, self.user_ids, None))
+
+    def variant(self, name: str, smen_config: SMENConfig, boi: Mapping[str, BoISequences], slug: str,
+                key: Mapping, trained: tuple[Path, Sequence[float]] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """One retrained SMEN variant, or its cache: ((n_users, M*H) R^, info) (:func:`train_variant`).
+
+        ``boi`` holds at least ``smen_config.scales``; the sampler's spans follow the finest
+        scale (:func:`variant_training_config`). ``key`` (D, assignment, ...) joins the cache
+        key; ``trained`` is notebook 04's snapshot (:func:`run_snapshot`), encoded instead.
+        """
+        train_config = variant_training_config(self.train_config, smen_config.scales)
+        cache = None if self.cache_dir is None else Path(self.cache_dir) / f"{slug}.npz"
+        reps, info = train_variant({g: boi[g] for g in smen_config.scales}, smen_config, train_config,
+                                   self.user_ids, self.device, self.seed, cache_path=cache, cache_key=key,
+                                   trained=trained)
+        self.timing[f"train {name}"] = info["train_seconds"]
+        if self.log is not None:
+            self.log(f"{name}: {info['representation_size']} dims, loss {info['loss_first_epoch']:.3f} -> "
+                     f"{info['loss_last_epoch']:.3f}, {info['train_seconds']} s{' (cached)' if info['cached'] else ''}"
+                     + (f" (notebook 04's {info['shared']})" if "shared" in info else ""))
+        return reps, info
+
+
+@dataclass
+class RunInterests:
+    """The run's interests (notebook 03, §2.1.2 and eq. 4): what Table 5's rows share."""
+
+    centroids: np.ndarray  # (D, H_item) unit norm
+    item_interest: np.ndarray  # (n_items,) int64, the hard assignment
+    assignment: str  # "hard" | "soft": the assignment the run's BoI was built with
+    boi: Mapping[str, BoISequences]  # the run's BoI, {"month": ..., "year": ...}
+
+    @property
+    def n_interests(self) -> int:
+        """D."""
+        return int(self.centroids.shape[0])
+
+
+def variant_configs(base: SMENConfig, variants: Sequence[str]) -> dict[str, tuple[str, SMENConfig]]:
+    """Table 5's retrained rows: ``{key: (row name, SMEN config)}`` in the order of ``variants``.
+
+    ``monthly`` / ``yearly``: one granularity, no switch (eq. 7); ``1anchor-H``: M = 1 with
+    the run's H; ``1anchor-MH``: M = 1 with H' = M*H, as wide as the multi-anchor R^ (the
+    paper's 1anchor-128 / 1anchor-1280).
+    """
+    M, H = base.anchors, base.hidden
+    known = {"monthly": ("LURM(monthly)", dataclasses.replace(base, scales=("month",))),
+             "yearly": ("LURM(yearly)", dataclasses.replace(base, scales=("year",))),
+             "1anchor-H": (f"LURM(1anchor-{H})", dataclasses.replace(base, anchors=1)),
+             "1anchor-MH": (f"LURM(1anchor-{M * H})", dataclasses.replace(base, anchors=1, hidden=M * H))}
+    unknown = [v for v in variants if v not in known]
+    if unknown:
+        raise ValueError(f"Unknown variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}.")
+    return {v: known[v] for v in variants}
+
+
+def table5_variants(ab: Ablation, base: SMENConfig, interests: RunInterests, variants: Sequence[str],
+                    shared: tuple[Path, Sequence[float]] | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Table 5's retrained rows: the equal-budget reference ``ab.reference``, then ``variants``.
+
+    Every row trains on the run's BoI with the run's SMEN config ``base`` changed as
+    :func:`variant_configs` says, for ``ab.train_config.epochs`` epochs; ``shared`` (notebook
+    04's snapshot, :func:`run_snapshot`) stands in for the reference when it is that model.
+    Returns ``({row: (n_users, M'*H') R^}, {row: train_variant info})``, reference first.
+    """
+    D, assignment = interests.n_interests, interests.assignment
+    reps, infos = {}, {}
+    reps[ab.reference], infos[ab.reference] = ab.variant(
+        ab.reference, base, interests.boi, f"lurm_D{D}_{assignment}",
+        {"n_interests": D, "assignment": assignment}, trained=shared)
+    for key, (name, smen_config) in variant_configs(base, variants).items():
+        reps[name], infos[name] = ab.variant(name, smen_config, interests.boi, f"variant_{key}_D{D}",
+                                             {"n_interests": D, "assignment": assignment})
+    return reps, infos
+
+
+def sweep_values(values: Sequence[int], run_d: int, n_items: int, user_set: bool) -> list[int]:
+    """Fig. 4's D values that can run, ascending and distinct.
+
+    A preset sweep keeps ``ITEMS_PER_INTEREST`` items per interest (as notebook 03's D, but
+    never cutting the run's own D); values the user set need only one item per centroid.
+    D < 2 is dropped.
+    """
+    largest = n_items if user_set else max(run_d, n_items // ITEMS_PER_INTEREST)
+    return sorted({int(d) for d in values if 2 <= int(d) <= largest})
+
+
+def n_interests_sweep(ab: Ablation, values: Sequence[int], embeddings: np.ndarray, clustering_config: ClusteringConfig,
+                      base: SMENConfig, interests: RunInterests, reference_reps: np.ndarray
+                      ) -> tuple[dict[int, dict], dict[int, dict], dict[str, dict]]:
+    """Fig. 4: LURM and the raw b_T against the number of interests D (§3.6).
+
+    For each D of ``values``: k-means on the same item ``embeddings`` (n_items, H_item) with
+    ``ab.seed`` (:func:`recluster`), hard assignment, BoI at ``base.scales`` rebuilt, SMEN
+    retrained (``ab.variant``, cached as ``lurm_D<D>_hard``). The run's own D with a hard run
+    reuses its interests and ``reference_reps`` (the ``ab.reference`` model). Returns
+    ``({D: LURM metrics}, {D: b_T metrics}, {"D=<D>": train info})``.
+    """
+    by_d, boi_by_d, infos = {}, {}, {}
+    for d in values:
+        if d == interests.n_interests and interests.assignment == "hard":
+            assignment, reps = interests.item_interest, reference_reps
+        else:
+            with ab.timed(f"k-means + BoI D={d}"):
+                _, assignment = recluster(embeddings, d, clustering_config, ab.seed)
+                boi = boi_for(ab.history, assignment, d, base.scales)
+            reps, infos[f"D={d}"] = ab.variant(f"LURM D={d}", base, boi, f"lurm_D{d}_hard",
+                                               {"n_interests": d, "assignment": "hard"})
+        by_d[d] = ab.evaluate(f"D={d}", reps)
+        boi_by_d[d] = ab.boi_row(f"BoI D={d}", assignment, d)
+    return by_d, boi_by_d, infos
+
+
+def assignment_comparison(ab: Ablation, embeddings: np.ndarray, clustering_config: ClusteringConfig,
+                          base: SMENConfig, interests: RunInterests, reference_metrics: Mapping[str, dict]
+                          ) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Hard against soft assignment (§2.1.2, §3.6: the paper saw < 1% difference).
+
+    The run's centroids, every item assigned the other way (soft: shared among its
+    ``clustering_config.soft_top_k`` nearest, cosine-weighted, rows summing to 1), BoI
+    rebuilt and SMEN retrained (cached as ``lurm_D<D>_<other>``). Rows: ``LURM(<E>ep, hard)``,
+    ``LURM(<E>ep, soft)`` (the run's assignment is ``reference_metrics``) and the raw b_T of
+    both assignments. Returns (``{row: metrics}``, the retrained variant's info).
+    """
+    D, run_assignment = interests.n_interests, interests.assignment
+    other = "soft" if run_assignment == "hard" else "hard"
+
+    def assign(kind: str) -> np.ndarray | sp.csr_matrix:  # (n_items,) labels or (n_items, D) CSR
+        return recluster(embeddings, D, clustering_config, ab.seed, assignment=kind, centroids=interests.centroids)[1]
+
+    assignments = {run_assignment: interests.item_interest if run_assignment == "hard" else assign("soft"),
+                   other: assign(other)}
+    name = f"LURM({ab.train_config.epochs}ep, {other})"
+    reps, info = ab.variant(name, base, boi_for(ab.history, assignments[other], D, base.scales), f"lurm_D{D}_{other}",
+                            {"n_interests": D, "assignment": other, "top_k": clustering_config.soft_top_k})
+    rows = {f"LURM({ab.train_config.epochs}ep, {run_assignment})": dict(reference_metrics),
+            name: ab.evaluate(other, reps)}
+    for a in (run_assignment, other):
+        rows[f"BoI ({a})"] = ab.boi_row(f"BoI {a}", assignments[a], D)
+    return rows, info
+
+
+def untrained_smen(model: SMEN, seed: int) -> SMEN:
+    """``model``'s architecture at the initial weights ``train_smen`` starts from with ``seed``
+    (eval mode, on the CPU), drawn without moving the global torch RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SMEN(**model.init_kwargs()).eval()
+
+
+def stored_training_config(section: UserTrainingConfig, stored: Mapping[str, Any]) -> UserTrainingConfig:
+    """``section`` with the fields a stage JSON recorded (notebook 04's ``train_config``): the
+    sampler settings of the run's own training, for its views (§2.2.4)."""
+    names = {f.name for f in dataclasses.fields(section)}
+    return dataclasses.replace(section, **{k: v for k, v in stored.items() if k in names})
+
+
 # ---------------------------------------------------------------------------------------
 # Fig. 5: anchors
 # ---------------------------------------------------------------------------------------
@@ -454,37 +655,232 @@ def alpha_concentration(alpha: np.ndarray, weight: np.ndarray | None = None) -> 
     return {"max_alpha": float(w @ alpha.max(axis=1)), "entropy": float(w @ entropy), "uniform_max_alpha": 1.0 / M}
 
 
-
 # ---------------------------------------------------------------------------------------
-# Per-scale defaults of notebooks 06-08 (their parameters default to None = these)
+# Findings: the "What we found" Markdown of notebooks 06-08, rendered from their stage JSON
 # ---------------------------------------------------------------------------------------
 
-ANALYSIS_DEFAULTS: dict[str, dict[str, Any]] = {
-    # tiny: seconds per notebook (tests); default: `make demo` on 2 CPU cores; paper: the
-    # paper's sweeps and all of Table 5, for a GPU. Measured on 2 cores, synthetic default
-    # (D = 1000, ~4,900 trainable users, whole-life fixed-interval timelines): one epoch costs
-    # 76 s for a month + year SMEN (M = 10, H = 128; 52 s since TimeAggregation packs its chunks),
-    # 61 s monthly only, 11 s yearly only, 12 s for 1anchor-128 and 841 s for 1anchor-1280 (a GRU of H = 1280 does 10x the
-    # arithmetic of ten H = 128 anchors). So the default scale leaves 1anchor-MH out of
-    # VARIANTS (one variant would cost an hour; add it with -p VARIANTS) and trains every
-    # variant, and its equal-budget LURM reference, for 2 epochs: notebook 04's learning curve
-    # on that data (quality seed 0) has age AUC 82.4 after 2 epochs and 84.5 after 6, a rise
-    # shared by every variant of the same budget.
-    "tiny": {"lengths_months": (2, 12, 36), "ablation_epochs": 1, "d_sweep": (25, 50), "tsne_users": 100,
-             "variants": ("monthly", "yearly", "1anchor-H", "1anchor-MH")},
-    "default": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 2,
-                "d_sweep": (100, 300, 1000, 3000, 10_000), "tsne_users": 100,
-                "variants": ("monthly", "yearly", "1anchor-H")},
-    "paper": {"lengths_months": PAPER_LENGTHS_MONTHS, "ablation_epochs": 10,
-              "d_sweep": (1000, 10_000, 100_000, 200_000), "tsne_users": 100,
-              "variants": ("monthly", "yearly", "1anchor-H", "1anchor-MH")},
-}
+TASK_GROUPS = ("profile", "category", "activity")
 
 
-def analysis_default(scale: str, name: str, value: Any = None) -> Any:
-    """``value`` unless None, else the scale's default of notebook parameter ``name`` (see above)."""
-    if value is not None:
-        return value
-    if scale not in ANALYSIS_DEFAULTS:
-        raise ValueError(f"Unknown scale {scale!r}; choose one of {', '.join(ANALYSIS_DEFAULTS)}.")
-    return ANALYSIS_DEFAULTS[scale][name]
+def task_groups(tasks: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{task: "profile" | "category" | "activity"}`` from the dataset contract's task rules.
+
+    Profile tasks (age, baby age) are the ones Fig. 3 sees improve with length; category
+    tasks (``future_<C>``) ask for preference; ``activity`` for any behaviour at all.
+    """
+    kinds = {"profile": "profile", "future_category": "category", "activity": "activity"}
+    return {t["name"]: next((kinds[k] for k in t["rule"] if k in kinds), "activity") for t in tasks}
+
+
+def _versus(label_a: str, a: float, label_b: str, b: float) -> str:
+    """``"label_a 0.712 < label_b 0.741"``: the sign the numbers have, ``≈`` when they print equal."""
+    sign = "≈" if f"{a:.3f}" == f"{b:.3f}" else ("<" if a < b else ">")
+    return f"{label_a} {a:.3f} {sign} {label_b} {b:.3f}"
+
+
+def _of(k: int, n: int) -> str:
+    return f"{k} of {n}"
+
+
+def _by_group(tasks: Sequence[str], groups: Mapping[str, str]) -> dict[str, list[str]]:
+    """Tasks per group, groups in :data:`TASK_GROUPS` order, empty groups left out."""
+    out = {g: [t for t in tasks if groups.get(t, "activity") == g] for g in TASK_GROUPS}
+    return {g: ts for g, ts in out.items() if ts}
+
+
+def length_findings(stage: Mapping[str, Any]) -> str:
+    """Notebook 06's findings (Fig. 3, §3.6) as Markdown, every number from ``06_length_ablation.json``.
+
+    ``stage`` holds ``window_names`` (short -> long, ``life`` last), ``lurm`` /
+    ``boi_reference`` / ``rfm_reference`` (``{window: {task: metrics}}``, the references may
+    be empty), ``users_with_behaviour``, ``history_span_months``, ``task_groups``, ``dataset``
+    and ``source``. Each claim is an inequality between two AUCs of this run, and its wording
+    follows the inequality's direction.
+    """
+    names, lurm = list(stage["window_names"]), stage["lurm"]
+    short, life = names[0], names[-1]
+    auc = {k: {t: m["auc"] for t, m in per.items()} for k, per in lurm.items()}  # {window: {task: AUC}}
+    tasks = list(auc[life])
+    groups = _by_group(tasks, stage["task_groups"])
+    lines = [f"*Computed from `06_length_ablation.json`: {stage['dataset']}, a history of "
+             f"{stage['history_span_months']} months, windows {', '.join(names)}.*", ""]
+    if len(names) < 2:
+        return "\n".join(lines + ["- The history is one window long: there is no length to compare."])
+    for group, members in groups.items():
+        helped = [t for t in members if auc[life][t] > auc[short][t]]
+        verb = "helps" if 2 * len(helped) > len(members) else "does not help on most"
+        shown = members if group == "profile" else [max(members, key=lambda t: abs(auc[life][t] - auc[short][t]))]
+        detail = "; ".join(f"{t}: {_versus(f'LURM {short}', auc[short][t], life, auc[life][t])} (best window "
+                           f"{max(names, key=lambda w: auc[w][t])})" for t in shown)
+        detail += "" if group == "profile" else " (the largest change)"
+        lines.append(f"- **{group.capitalize()} tasks: longer history {verb}** (life above {short} on "
+                     f"{_of(len(helped), len(members))}). {detail}.")
+        if group == "profile":
+            far = "5Y" if "5Y" in names else life
+            gain = 100 * np.mean([auc[far][t] - auc[short][t] for t in members])
+            lines.append(f"  Mean gain from {short} to {far}: {gain:+.1f} AUC points (the paper: +9.75% from "
+                         f"2 months to 5 years).")
+    reference = {k: {t: m["auc"] for t, m in per.items()} for k, per in stage.get("boi_reference", {}).items()}
+    if reference:
+        boi_helped = [t for t in tasks if reference[life][t] > reference[short][t]]
+        lurm_helped = [t for t in tasks if auc[life][t] > auc[short][t]]
+        above = [t for t in tasks if reference[life][t] > auc[life][t]]
+        lines.append(f"- **Model-free reference** (raw BoI of the same windows): life above {short} on "
+                     f"{_of(len(boi_helped), len(tasks))} tasks (LURM: {_of(len(lurm_helped), len(tasks))}). "
+                     f"With the whole life raw BoI is above LURM on {_of(len(above), len(tasks))}"
+                     + (": " + "; ".join(_versus("BoI", reference[life][t], "LURM", auc[life][t]) + f" ({t})"
+                                         for t in above) + ": there the compression loses signal." if above else "."))
+        category = groups.get("category", [])
+        falls = [t for t in category if reference[life][t] < reference[short][t]]
+        if stage.get("source") == "synthetic" and category and 2 * len(falls) > len(category):
+            lines.append(f"  On synthetic data the raw BoI falls with length on {_of(len(falls), len(category))} "
+                         "category tasks: its generator's interests drift, so old behaviours say little about "
+                         "future categories; SMEN's time-aware GRU keeps the recent part.")
+    rfm = {k: {t: m["auc"] for t, m in per.items()} for k, per in stage.get("rfm_reference", {}).items()}
+    if rfm:
+        best = {t: max(auc[w][t] for w in names) for t in tasks}
+        rfm_best = {t: max(rfm[w][t] for w in names) for t in tasks}
+        ahead = [t for t in tasks if rfm_best[t] >= best[t]]
+        lines.append(f"- **Activity alone** (RFM of the same windows, best window against LURM's best): RFM is at "
+                     f"least level on {_of(len(ahead), len(tasks))} tasks"
+                     + (": " + "; ".join(_versus("RFM", rfm_best[t], "LURM", best[t]) + f" ({t})" for t in ahead)
+                        + ": there the window mostly tells how active the user is." if ahead else "."))
+    coverage = stage["users_with_behaviour"]
+    lines.append("- **Coverage**: users with a behaviour in the window: "
+                 + ", ".join(f"{w} {coverage[w]:.0%}" for w in names)
+                 + "; the others get the empty-sequence encoding.")
+    return "\n".join(lines)
+
+
+def anchor_findings(stage: Mapping[str, Any]) -> str:
+    """Notebook 07's findings (Fig. 5, §3.7) as Markdown, every number from ``07_anchor_tsne.json``.
+
+    ``stage`` holds ``users``, ``anchors`` (M), ``knn_anchor_purity``, ``silhouette``,
+    ``alpha_concentration`` (each ``{"initialised", "trained"}``), ``max_category_lift`` and
+    ``top_topics`` (None without a ground truth). Wording follows each inequality.
+    """
+    M = stage["anchors"]
+    purity, silhouette = stage["knn_anchor_purity"], stage["silhouette"]
+    top_alpha = {k: v["max_alpha"] for k, v in stage["alpha_concentration"].items()}
+    more = purity["trained"] > purity["initialised"]
+    lines = [f"*Computed from `07_anchor_tsne.json`: {stage['users']} users x M = {M} anchors.*", "",
+             f"- **The anchors {'specialise more' if more else 'do not specialise more'} with training**: 10-NN "
+             f"anchor purity {_versus('initialised', purity['initialised'], 'trained', purity['trained'])} "
+             f"(chance 1/M = {1 / M:.3f}).",
+             f"- Silhouette of the anchor labels (cosine): "
+             f"{_versus('initialised', silhouette['initialised'], 'trained', silhouette['trained'])}"
+             + ("; near 0, since most of a point's position comes from its user." if abs(silhouette["trained"]) < 0.1
+                else "."),
+             f"- **alpha shares interests out {'more' if top_alpha['trained'] > top_alpha['initialised'] else 'less'} "
+             f"decisively after training**: an interest's mean weight on its top anchor "
+             f"{_versus('initialised', top_alpha['initialised'], 'trained', top_alpha['trained'])} "
+             f"(uniform 1/M = {1 / M:.3f})."]
+    category = stage["max_category_lift"]["trained"]
+    if stage.get("top_topics"):
+        topic = max(t["lift"] for tops in stage["top_topics"]["trained"] for t in tops)
+        finer = topic > category
+        lines.append(f"- **Anchors specialise in {'fine topics rather than categories' if finer else 'categories as much as in topics'}** "
+                     f"(synthetic ground truth): largest lift of a topic {_versus('', topic, 'of a category', category).strip()}.")
+    else:
+        lines.append(f"- No anchor gives a category more than {category:.2f}x its overall share (trained).")
+    return "\n".join(lines)
+
+
+def _auc_of(rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    """``{row: {task: metrics}}`` -> ``{row: {task: AUC}}``."""
+    return {row: {t: float(m["auc"]) for t, m in per.items()} for row, per in rows.items()}
+
+
+def _row_against(auc: Mapping[str, Mapping[str, float]], row: str, reference: str,
+                 groups: Mapping[str, Sequence[str]]) -> tuple[list[str], str]:
+    """Tasks where ``row`` is below ``reference``, and the comparisons: every profile task, the
+    widest gap of each other group."""
+    tasks = [t for members in groups.values() for t in members]
+    below = [t for t in tasks if auc[row][t] < auc[reference][t]]
+    parts = []
+    for group, members in groups.items():
+        versus = {t: _versus(row, auc[row][t], reference, auc[reference][t]) for t in members}
+        if group == "profile":
+            parts.append(f"{group}: " + ", ".join(f"{t} {versus[t]}" for t in members))
+        else:
+            widest = max(members, key=lambda t: abs(auc[row][t] - auc[reference][t]))
+            parts.append(f"{group} ({row} below on {_of(sum(t in below for t in members), len(members))}): "
+                         f"{widest} {versus[widest]} (widest gap)")
+    return below, "; ".join(parts)
+
+
+def ablation_findings(stage: Mapping[str, Any]) -> str:
+    """Notebook 08's findings (Table 5, Fig. 4, §3.6) as Markdown, every number from ``08_ablations.json``.
+
+    Reads ``table5``, ``reference``, ``n_interests_sweep`` / ``n_interests_sweep_boi``,
+    ``assignment``, ``boi_survival``, ``view_retrieval_top1``, ``retrieval_users``,
+    ``signal_by_stage``, ``smen_loss_epoch``, ``task_groups`` and the sizes. Each claim is an
+    inequality of this run's numbers and its wording follows the inequality's direction.
+    """
+    auc, ref = _auc_of(stage["table5"]), stage["reference"]
+    tasks = list(auc["LURM"])
+    groups = _by_group(tasks, stage["task_groups"])
+    M, H = stage["anchors"], stage["hidden"]
+    lines = [f"*Computed from `08_ablations.json`: {stage['dataset']}, D = {stage['n_interests']:,}, M = {M}, "
+             f"H = {H}; the run's LURM trained {stage['run_epochs']} epochs, every retrained row and {ref} "
+             f"{stage['ablation_epochs']}.*", ""]
+    below, detail = _row_against(auc, "LURM", "BoI", groups)
+    lossy = [t for t in below if t in groups.get("profile", [])]
+    lines.append(f"- **BoI against LURM (Table 5)**: LURM is below raw BoI on {_of(len(below), len(tasks))} tasks"
+                 + (f", so not the paper's \"almost lossless\" on {', '.join(lossy)}" if lossy else "")
+                 + f". {detail}.")
+    for key in ("LURM(monthly)", "LURM(yearly)"):
+        if key in auc:
+            worse, detail = _row_against(auc, key, ref, groups)
+            lines.append(f"- **{key} against month + year ({ref})**: one scale is below on "
+                         f"{_of(len(worse), len(tasks))} tasks, so multi-scale "
+                         f"{'helps' if 2 * len(worse) > len(tasks) else 'does not help on most'} here "
+                         f"(the paper: it helps). {detail}.")
+    for key in (f"LURM(1anchor-{H})", f"LURM(1anchor-{M * H})"):
+        if key in auc:
+            worse, detail = _row_against(auc, key, ref, groups)
+            lines.append(f"- **{key}**: below {ref} on {_of(len(worse), len(tasks))} tasks, so one anchor "
+                         f"{'loses' if 2 * len(worse) > len(tasks) else 'does not lose on most'} here "
+                         f"(the paper: it loses). {detail}.")
+        else:
+            lines.append(f"- {key} was not trained at this scale (`-p VARIANTS` adds it).")
+    sweep, sweep_boi = _auc_of(stage["n_interests_sweep"]), _auc_of(stage["n_interests_sweep_boi"])
+    if len(sweep) >= 2:
+        lo, hi = min(sweep, key=int), max(sweep, key=int)
+        rises = [t for t in tasks if sweep[hi][t] > sweep[lo][t]]
+        rises_boi = [t for t in tasks if sweep_boi[hi][t] > sweep_boi[lo][t]]
+        lines.append(f"- **Fig. 4, D from {int(lo):,} to {int(hi):,}**: LURM rises on {_of(len(rises), len(tasks))} "
+                     f"tasks, raw b_T on {_of(len(rises_boi), len(tasks))}. " + "; ".join(
+                         f"{t}: {_versus(f'LURM D={lo}', sweep[lo][t], f'D={hi}', sweep[hi][t])}, "
+                         f"{_versus(f'b_T D={lo}', sweep_boi[lo][t], f'D={hi}', sweep_boi[hi][t])}"
+                         for t in groups.get("profile", tasks[:2])) + ".")
+    rows = _auc_of(stage.get("assignment") or {})
+    lurm_rows = [r for r in rows if r.startswith("LURM")]
+    if len(lurm_rows) == 2:
+        a, b = lurm_rows
+        gap = {t: abs(rows[a][t] - rows[b][t]) for t in tasks}
+        t = max(gap, key=gap.get)
+        lines.append(f"- **Hard against soft assignment**: the two LURM rows differ by at most "
+                     f"{100 * gap[t]:.1f} AUC points ({t}: {_versus(a, rows[a][t], b, rows[b][t])}), "
+                     f"{'within' if gap[t] < 0.01 else 'more than'} the paper's 1%.")
+    r2, retrieval = stage["boi_survival"]["r2"], stage["view_retrieval_top1"]
+    untrained = "SMEN (untrained)"
+    lines.append(f"- **What survives of b_T** (R^2 of its top {stage['boi_survival']['n_components']} SVD components): "
+                 f"{_versus('LURM', r2['LURM'], 'untrained', r2[untrained])}; "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in r2.items() if k not in ("LURM", untrained))
+                 + f". Same-user view retrieval: {_versus('LURM', retrieval['LURM'], 'untrained', retrieval[untrained])} "
+                 f"(chance {1 / stage['retrieval_users']:.4f}).")
+    losses = stage["smen_loss_epoch"]
+    lines.append(f"- The run's SMEN loss: {_versus('epoch 1', losses[0], f'epoch {len(losses)}', losses[-1])}"
+                 + ("; still falling at the last epoch." if len(losses) > 1 and losses[-1] < losses[-2] else "."))
+    records = [r for r in stage.get("signal_by_stage", []) if r["model"] in ("input", "LURM")]
+    for task in dict.fromkeys(r["task"] for r in records):
+        chain = [(r["stage"], r["auc"]) for r in records if r["task"] == task]  # b_T first, then network order
+        stages = dict(chain)
+        fall = stages["b_T"] - stages["R^"]  # from the input to the representation (eq. 7)
+        per_period = stages["b_T"] - max(v for k, v in chain if k.startswith("r "))  # best r <scale>, eq. (5)
+        lines.append(f"- **Where the {task} signal goes** (linear probe): " + ", ".join(f"{k} {v:.3f}" for k, v in chain)
+                     + (f"; of the fall from b_T to R^ ({100 * fall:.1f} points), {100 * per_period:.1f} are there "
+                        f"already in the per-period outputs r (eq. 5), before any time aggregation." if fall > 0
+                        else f"; {_versus('R^', stages['R^'], 'b_T', stages['b_T'])}: nothing is lost."))
+    return "\n".join(lines)

@@ -126,6 +126,25 @@ class DownstreamConfig:
     workers: int | None = None  # processes probing tasks side by side on the CPU (None: one per core; 1: in-process)
 
 
+# Fig. 3's history lengths in months: 2 months, 6 months, 1, 2, 3, 4, 5 years (then the whole life).
+PAPER_LENGTHS_MONTHS = (2, 6, 12, 24, 36, 48, 60)
+
+
+@dataclass
+class AnalysisConfig:
+    """§3.6-3.7: the ablations of notebooks 06-08 and Fig. 5's sample (``lurm_lite.analysis``).
+
+    The paper's sweeps: Fig. 3's lengths, Table 5's four retrained variants, Fig. 4's D
+    from 1e3 to 2e5 (§3.6), Fig. 5's 100 users (§3.7).
+    """
+
+    lengths_months: tuple[int, ...] = PAPER_LENGTHS_MONTHS  # Fig. 3: windows before the history end (+ whole life)
+    ablation_epochs: int = 10  # epochs of every retrained variant of Table 5 / Fig. 4 and of its LURM reference
+    variants: tuple[str, ...] = ("monthly", "yearly", "1anchor-H", "1anchor-MH")  # Table 5's retrained rows
+    n_interests_sweep: tuple[int, ...] = (1000, 10_000, 100_000, 200_000)  # Fig. 4's values of D
+    tsne_users: int = 100  # Fig. 5: users drawn for the t-SNE of the anchor outputs r^i
+
+
 @dataclass
 class LURMConfig:
     text: TextConfig = field(default_factory=TextConfig)
@@ -135,6 +154,7 @@ class LURMConfig:
     smen: SMENConfig = field(default_factory=SMENConfig)
     user_training: UserTrainingConfig = field(default_factory=UserTrainingConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,6 +172,8 @@ def for_scale(scale: str) -> LURMConfig:
         config.user_training = dataclasses.replace(config.user_training, batch_size=64, epochs=4)
         config.downstream = dataclasses.replace(config.downstream, max_epochs=30, patience=5, bootstrap=100,
                                                 doc2vec_dim=32, doc2vec_epochs=5)
+        config.analysis = dataclasses.replace(config.analysis, lengths_months=(2, 12, 36), ablation_epochs=1,
+                                              n_interests_sweep=(25, 50))
     elif scale == "default":
         config.item = dataclasses.replace(config.item, dim=64, epochs=2, pairs_per_epoch=150_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=1000, niter=20)
@@ -162,6 +184,17 @@ def for_scale(scale: str) -> LURMConfig:
         config.smen = dataclasses.replace(config.smen, hidden=128, anchors=10)
         config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=6)
         config.downstream = dataclasses.replace(config.downstream, doc2vec_dim=64, doc2vec_epochs=5)
+        # Ablations on 2 CPU cores, measured on synthetic default (D = 1000, ~4,900 trainable
+        # users, whole-life fixed-interval timelines): one epoch costs 52 s for a month + year
+        # SMEN (M = 10, H = 128), 61 s monthly only, 11 s yearly only, 12 s for 1anchor-128 and
+        # 841 s for 1anchor-1280 (a GRU of H = 1280 does 10x the arithmetic of ten H = 128
+        # anchors). So 1anchor-MH is left out (an hour per variant; -p VARIANTS adds it), and
+        # every variant and its equal-budget LURM reference train 2 epochs: notebook 04's
+        # learning curve on that data (quality seed 0) has age AUC 82.4 after 2 epochs and 84.5
+        # after 6, a rise shared by every variant of the same budget.
+        config.analysis = dataclasses.replace(config.analysis, ablation_epochs=2,
+                                              variants=("monthly", "yearly", "1anchor-H"),
+                                              n_interests_sweep=(100, 300, 1000, 3000, 10_000))
     else:  # paper, §3.4
         config.item = dataclasses.replace(config.item, dim=128, epochs=5, pairs_per_epoch=10_000_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=100_000, niter=20,

@@ -258,3 +258,184 @@ def test_alpha_concentration_uniform_and_one_hot():
     assert uniform["max_alpha"] == pytest.approx(0.25) and uniform["entropy"] == pytest.approx(1.0)
     one_hot = analysis.alpha_concentration(np.eye(4)[[0, 1, 2, 3, 0]])
     assert one_hot["max_alpha"] == pytest.approx(1.0) and one_hot["entropy"] == pytest.approx(0.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 08's rows: Ablation, Table 5, Fig. 4, hard vs soft
+# ---------------------------------------------------------------------------------------
+
+
+def _ablation(tmp_path, n_users=48, log=None):
+    """A tiny Ablation on _toy_boi's users: one binary task (20+ users per class), 1 epoch."""
+    from lurm_lite.config import DownstreamConfig
+
+    boi, users = _toy_boi(n_users=n_users, D=6)
+    rng = np.random.default_rng(0)
+    history = pd.DataFrame({"user_id": np.repeat(users, 5), "item_id": rng.integers(0, 30, 5 * len(users)),
+                            "ts": np.tile(ts("2017-06-01") + DAY * np.arange(5), len(users))})
+    labels = {"parity": (users, (users % 2).astype(np.int64))}
+    ab = analysis.Ablation(history, labels, users, DownstreamConfig(max_epochs=2, bootstrap=5, workers=1),
+                           UserTrainingConfig(batch_size=16, epochs=1, min_subseq_periods=2), "cpu", 0,
+                           tmp_path / "ablations", log=log)
+    interests = analysis.RunInterests(np.eye(6, 4, dtype=np.float32), np.arange(30) % 6, "hard", boi)
+    return ab, interests
+
+
+def test_variant_configs_name_table5s_rows_and_refuse_unknown_ones():
+    rows = analysis.variant_configs(SMENConfig(hidden=8, anchors=3), ["yearly", "1anchor-MH"])
+    assert list(rows) == ["yearly", "1anchor-MH"]
+    assert rows["yearly"][0] == "LURM(yearly)" and rows["yearly"][1].scales == ("year",)
+    assert rows["1anchor-MH"][0] == "LURM(1anchor-24)" and (rows["1anchor-MH"][1].anchors,
+                                                            rows["1anchor-MH"][1].hidden) == (1, 24)
+    with pytest.raises(ValueError, match="'2anchor'.*monthly, yearly"):
+        analysis.variant_configs(SMENConfig(), ["monthly", "2anchor"])
+
+
+def test_table5_variants_train_then_load_from_the_cache(tmp_path):
+    said = []
+    ab, interests = _ablation(tmp_path, log=said.append)
+    reps, infos = analysis.table5_variants(ab, SMENConfig(hidden=4, anchors=2), interests, ["yearly", "1anchor-H"])
+    assert list(reps) == ["LURM(1ep)", "LURM(yearly)", "LURM(1anchor-4)"] == [ab.reference, *list(reps)[1:]]
+    assert [r.shape[1] for r in reps.values()] == [8, 8, 4] and all(len(r) == len(ab.user_ids) for r in reps.values())
+    assert infos["LURM(yearly)"]["scales"] == ["year"] and not any(i["cached"] for i in infos.values())
+    assert sorted(p.name for p in (tmp_path / "ablations").iterdir()) == [
+        "lurm_D6_hard.npz", "variant_1anchor-H_D6.npz", "variant_yearly_D6.npz"]
+    assert "train LURM(yearly)" in ab.timing and said[1].startswith("LURM(yearly): 8 dims, loss ")
+    again, infos2 = analysis.table5_variants(ab, SMENConfig(hidden=4, anchors=2), interests, ["yearly", "1anchor-H"])
+    assert all(i["cached"] for i in infos2.values()) and "(cached)" in said[-1]
+    assert all(np.array_equal(again[k], reps[k]) for k in reps)
+    metrics = ab.evaluate("LURM(yearly)", reps["LURM(yearly)"])
+    assert set(metrics) == {"parity"} and 0 <= metrics["parity"]["auc"] <= 1 and "probe LURM(yearly)" in ab.timing
+
+
+def test_sweep_values_keep_items_per_interest_only_for_presets():
+    assert analysis.sweep_values([100, 300, 1000, 3000, 1], run_d=1000, n_items=16_000, user_set=False) == [100, 300, 1000]
+    assert analysis.sweep_values([3000, 300, 300], run_d=1000, n_items=16_000, user_set=True) == [300, 3000]
+    assert analysis.sweep_values([50], run_d=50, n_items=100, user_set=False) == [50]  # the run's D is never cut
+
+
+def test_n_interests_sweep_reuses_the_runs_d_and_reclusters_the_others(tmp_path):
+    ab, interests = _ablation(tmp_path)
+    emb = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    from lurm_lite.config import ClusteringConfig
+
+    reference = np.zeros((len(ab.user_ids), 8), np.float32)  # stands for LURM(<E>ep): all-zero, so AUC 0.5
+    by_d, boi_by_d, infos = analysis.n_interests_sweep(ab, [3, 6], emb, ClusteringConfig(niter=2), SMENConfig(hidden=4, anchors=2),
+                                                       interests, reference)
+    assert list(by_d) == list(boi_by_d) == [3, 6] and list(infos) == ["D=3"] and infos["D=3"]["n_interests"] == 3
+    assert by_d[6]["parity"]["auc"] == pytest.approx(0.5)  # the run's D: the reference's reps, not retrained
+    assert "k-means + BoI D=3" in ab.timing and not (tmp_path / "ablations" / "lurm_D6_hard.npz").exists()
+
+
+def test_assignment_comparison_rows_and_untrained_smen(tmp_path):
+    from lurm_lite.config import ClusteringConfig
+
+    ab, interests = _ablation(tmp_path)
+    reference = {"parity": {"auc": 0.9, "acc": 0.9, "auc_ci95": [0.8, 1.0], "n_test": 10}}
+    rows, info = analysis.assignment_comparison(ab, np.eye(30, 4, dtype=np.float32), ClusteringConfig(soft_top_k=2),
+                                                SMENConfig(hidden=4, anchors=2), interests, reference)
+    assert list(rows) == ["LURM(1ep, hard)", "LURM(1ep, soft)", "BoI (hard)", "BoI (soft)"]
+    assert rows["LURM(1ep, hard)"] == reference and info["n_interests"] == 6
+    assert (tmp_path / "ablations" / "lurm_D6_soft.npz").exists()
+    torch.manual_seed(123)
+    model = SMEN(n_interests=6, hidden=4, anchors=2)
+    state = torch.get_rng_state()
+    first, second = analysis.untrained_smen(model, 0), analysis.untrained_smen(model, 0)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG does not move
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    stored = analysis.stored_training_config(UserTrainingConfig(), {"min_subseq_periods": 3, "unknown": 1})
+    assert stored.min_subseq_periods == 3 and stored.epochs == UserTrainingConfig().epochs
+
+
+# ---------------------------------------------------------------------------------------
+# Findings rendered from the stage JSON
+# ---------------------------------------------------------------------------------------
+
+
+def test_task_groups_from_the_contracts_rules():
+    tasks = [{"name": "age", "rule": {"profile": "age_group"}}, {"name": "fB", "rule": {"future_category": "Books"}},
+             {"name": "active", "rule": {"activity": "label_window"}}]
+    assert analysis.task_groups(tasks) == {"age": "profile", "fB": "category", "active": "activity"}
+
+
+def _length_stage(age_life):
+    per = lambda age, books: {"age": _m(age, 0.3), "books": _m(books, 0.7)}  # noqa: E731
+    return {"dataset": "synthetic-default", "source": "synthetic", "history_span_months": 120,
+            "window_names": ["2M", "1Y", "life"], "task_groups": {"age": "profile", "books": "category"},
+            "lurm": {"2M": per(0.60, 0.80), "1Y": per(0.70, 0.75), "life": per(age_life, 0.74)},
+            "boi_reference": {"2M": per(0.58, 0.79), "1Y": per(0.7, 0.7), "life": per(0.92, 0.66)},
+            "rfm_reference": {"2M": per(0.5, 0.84), "1Y": per(0.5, 0.8), "life": per(0.5, 0.7)},
+            "users_with_behaviour": {"2M": 0.56, "1Y": 0.85, "life": 1.0}}
+
+
+def test_length_findings_state_inequalities_and_flip_with_them():
+    text = analysis.length_findings(_length_stage(age_life=0.845))
+    assert "**Profile tasks: longer history helps** (life above 2M on 1 of 1)" in text
+    assert "age: LURM 2M 0.600 < life 0.845" in text and "+24.5 AUC points" in text
+    assert "**Category tasks: longer history does not help on most** (life above 2M on 0 of 1)" in text
+    assert "BoI 0.920 > LURM 0.845 (age)" in text and "On synthetic data the raw BoI falls" in text
+    assert "RFM 0.840 > LURM 0.800 (books)" in text and "2M 56%" in text
+    flipped = analysis.length_findings(_length_stage(age_life=0.55))
+    assert "**Profile tasks: longer history does not help on most**" in flipped and "LURM 2M 0.600 > life 0.550" in flipped
+    other = {**_length_stage(0.845), "source": "movielens"}
+    assert "synthetic" not in analysis.length_findings(other).split("\n", 1)[1]  # generator prose only on its data
+    assert "no length to compare" in analysis.length_findings({**_length_stage(0.8), "window_names": ["life"]})
+
+
+def test_anchor_findings_flip_with_the_measurements():
+    stage = {"users": 100, "anchors": 10, "knn_anchor_purity": {"initialised": 0.55, "trained": 0.67},
+             "silhouette": {"initialised": -0.02, "trained": 0.04},
+             "alpha_concentration": {"initialised": {"max_alpha": 0.73}, "trained": {"max_alpha": 0.88}},
+             "max_category_lift": {"trained": 2.8},
+             "top_topics": {"trained": [[{"label": "t1", "share": 0.1, "lift": 6.0}], [{"label": "t2", "share": 0.1, "lift": 2.0}]]}}
+    text = analysis.anchor_findings(stage)
+    assert "specialise more with training**: 10-NN anchor purity initialised 0.550 < trained 0.670 (chance 1/M = 0.100)" in text
+    assert "near 0" in text and "out more decisively" in text and "fine topics rather than categories" in text
+    assert "6.000 > of a category 2.800" in text
+    stage["knn_anchor_purity"]["trained"], stage["max_category_lift"]["trained"] = 0.5, 7.0
+    stage["alpha_concentration"]["trained"]["max_alpha"] = 0.7
+    flipped = analysis.anchor_findings(stage)
+    assert "do not specialise more" in flipped and "out less decisively" in flipped and "categories as much" in flipped
+    assert "more than 7.00x" in analysis.anchor_findings({**stage, "top_topics": None})
+
+
+def _ablation_stage(one_anchor_age):
+    rows = lambda age, books: {"age": _m(age, 0.4), "books": _m(books, 0.7)}  # noqa: E731
+    return {"dataset": "synthetic-default", "n_interests": 1000, "anchors": 10, "hidden": 128, "run_epochs": 6,
+            "ablation_epochs": 2, "reference": "LURM(2ep)", "task_groups": {"age": "profile", "books": "category"},
+            "table5": {"BoI": rows(0.922, 0.664), "LURM": rows(0.845, 0.776), "LURM(2ep)": rows(0.841, 0.771),
+                       "LURM(monthly)": rows(0.788, 0.797), "LURM(1anchor-128)": rows(one_anchor_age, 0.77)},
+            "n_interests_sweep": {"100": rows(0.715, 0.791), "1000": rows(0.841, 0.771)},
+            "n_interests_sweep_boi": {"100": rows(0.762, 0.7), "1000": rows(0.922, 0.664)},
+            "assignment": {"LURM(2ep, hard)": rows(0.841, 0.771), "LURM(2ep, soft)": rows(0.815, 0.792),
+                           "BoI (hard)": rows(0.922, 0.664), "BoI (soft)": rows(0.9, 0.67)},
+            "boi_survival": {"r2": {"LURM": 0.666, "SMEN (untrained)": 0.614, "RandomProj(1280)": 0.9},
+                             "n_components": 64},
+            "view_retrieval_top1": {"LURM": 0.753, "SMEN (untrained)": 0.631}, "retrieval_users": 1000,
+            "smen_loss_epoch": [2.47, 1.6, 1.41],
+            "signal_by_stage": [{"model": "input", "stage": "b_T", "task": "age", "auc": 0.913},
+                                {"model": "LURM", "stage": "r month", "task": "age", "auc": 0.855},
+                                {"model": "LURM", "stage": "R^", "task": "age", "auc": 0.853},
+                                {"model": "SMEN (untrained)", "stage": "R^", "task": "age", "auc": 0.5}]}
+
+
+def test_ablation_findings_state_inequalities_and_flip_with_them():
+    text = analysis.ablation_findings(_ablation_stage(one_anchor_age=0.655))
+    assert "LURM is below raw BoI on 1 of 2 tasks, so not the paper's \"almost lossless\" on age" in text
+    assert "age LURM 0.845 < BoI 0.922" in text and "books LURM 0.776 > BoI 0.664 (widest gap)" in text
+    assert "**LURM(monthly) against month + year (LURM(2ep))**: one scale is below on 1 of 2 tasks, so multi-scale does not help on most" in text
+    assert "**LURM(1anchor-128)**: below LURM(2ep) on 2 of 2 tasks, so one anchor loses" in text
+    assert "LURM(1anchor-1280) was not trained" in text
+    assert "LURM rises on 1 of 2 tasks, raw b_T on 1 of 2" in text and "age: LURM D=100 0.715 < D=1000 0.841" in text
+    assert "differ by at most 2.6 AUC points (age: LURM(2ep, hard) 0.841 > LURM(2ep, soft) 0.815), more than" in text
+    assert "LURM 0.666 > untrained 0.614" in text and "LURM 0.753 > untrained 0.631 (chance 0.0010)" in text
+    assert "epoch 1 2.470 > epoch 3 1.410; still falling" in text
+    assert ("b_T 0.913, r month 0.855, R^ 0.853; of the fall from b_T to R^ (6.0 points), 5.8 are there already in the "
+            "per-period outputs r") in text
+    assert "untrained" not in text.split("Where the age")[1]  # the stage chain is the trained model's
+    flipped = analysis.ablation_findings(_ablation_stage(one_anchor_age=0.9))
+    assert "below LURM(2ep) on 1 of 2 tasks, so one anchor does not lose on most" in flipped
+    gained = _ablation_stage(0.655)
+    gained["signal_by_stage"][2]["auc"] = 0.95
+    assert "R^ 0.950 > b_T 0.913: nothing is lost" in analysis.ablation_findings(gained)

@@ -2,6 +2,8 @@ import pytest
 
 from lurm_lite.config import (
     ITEMS_PER_INTEREST,
+    PAPER_LENGTHS_MONTHS,
+    AnalysisConfig,
     ClusteringConfig,
     ConfigError,
     DataLimit,
@@ -10,6 +12,7 @@ from lurm_lite.config import (
     fit_to_data,
     for_scale,
     item_config_for_data,
+    with_overrides,
 )
 
 
@@ -70,3 +73,16 @@ def test_fit_to_data_leaves_unlimited_fields_alone():
     limit = DataLimit("epochs", "ITEM_EPOCHS", preset_max=2, reason="test")
     config, caps = fit_to_data(ItemEmbeddingConfig(epochs=3), [limit], user_set={})
     assert config.epochs == 2 and config.dim == ItemEmbeddingConfig().dim and caps[0]["preset"] == 3
+
+
+def test_analysis_config_is_set_per_scale_and_overridden_like_the_other_stages():
+    tiny, default, paper = (for_scale(s).analysis for s in ("tiny", "default", "paper"))
+    assert paper == AnalysisConfig() and paper.lengths_months == PAPER_LENGTHS_MONTHS  # §3.6's sweeps
+    assert "1anchor-MH" in paper.variants and "1anchor-MH" not in default.variants  # an hour per variant on 2 cores
+    assert tiny.ablation_epochs < default.ablation_epochs < paper.ablation_epochs
+    assert max(tiny.n_interests_sweep) <= for_scale("tiny").clustering.n_interests
+    assert for_scale("default").to_dict()["analysis"]["n_interests_sweep"] == default.n_interests_sweep
+    changed = with_overrides(default, ablation_epochs=5, n_interests_sweep=[], variants=None)
+    assert (changed.ablation_epochs, changed.n_interests_sweep, changed.variants) == (5, [], default.variants)
+    with pytest.raises(TypeError, match="AnalysisConfig has no field.*d_sweep"):
+        with_overrides(default, d_sweep=(10,))
