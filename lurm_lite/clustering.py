@@ -290,12 +290,12 @@ def topic_recovery(embeddings: np.ndarray, item_interest: np.ndarray, item_topic
     """NMI of the interests against known item topics (synthetic ground truth), and its floor.
 
     ``nmi_learned``: NMI(item_topic, item_interest). ``nmi_random_embeddings``: the same
-    clustering (D = item_interest.max() + 1 centroids, ``config``, ``seed``) of random unit
-    vectors of the embeddings' shape, what an embedding that learned nothing would score.
+    clustering (``config.n_interests`` centroids, ``seed``) of random unit vectors of the
+    embeddings' shape, what an embedding that learned nothing would score.
     """
     from sklearn.metrics import normalized_mutual_info_score
 
-    n_interests = int(np.max(item_interest)) + 1
+    n_interests = config.n_interests
     random_vectors = _normalise(np.random.default_rng(seed).standard_normal(np.shape(embeddings)))  # (n, H)
     random_assignment = assign_hard(random_vectors, train_centroids(random_vectors, n_interests, config, seed=seed))
     return {"nmi_learned": float(normalized_mutual_info_score(item_topic, item_interest)),

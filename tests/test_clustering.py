@@ -184,7 +184,7 @@ def test_report_summary_collapse_warning_and_members():
 
 def test_topic_recovery_scores_learned_clusters_above_random_embeddings():
     points, labels = _blobs(n_blobs=5, per_blob=60, dim=16, spread=0.2, seed=3)
-    config = ClusteringConfig(niter=10, init="kmeans++")
+    config = ClusteringConfig(n_interests=5, niter=10, init="kmeans++")
     assignment = assign_hard(points, train_centroids(points, 5, config, seed=0))
     recovery = topic_recovery(points, assignment, labels, config, seed=0)
     assert recovery["nmi_learned"] > 0.8 and recovery["nmi_random_embeddings"] < 0.3
