@@ -1,0 +1,111 @@
+"""SMEN's mechanics on a few hand-made users (§2.2, eq. 4-9): notebook 04's walk-through.
+
+A toy user is a few months of behaviours on a few interests, written by hand:
+``{"reader": {"2017-01": {0: 3, 2: 1}, ...}}`` (user -> month -> interest j -> behaviours).
+
+- :func:`toy_boi`: their BoI sequences b_t (eq. 4), by ``boi.build_boi`` as notebook 03
+  builds them (item j is interest j);
+- :func:`toy_batch`: the ``ScaleBatch`` of every scale, by ``user_training.collate_views``
+  as training builds a view and encoding a window: the whole life, on a fixed-interval
+  timeline up to the window end;
+- :func:`toy_smen`: a small, freshly seeded SMEN (not a trained one);
+- :func:`timeline_grid`: the multi-anchor output r (n_rows, M, H) laid out per user and
+  period, (B, N, M, H), as the GRU of §2.2.2 reads it (empty periods are 0);
+- :func:`boi_table`, :func:`alpha_table`: b_t and alpha_ij (eq. 6) as tables with names.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lurm_lite.boi import BoISequences, build_boi
+from lurm_lite.smen import SMEN, ScaleBatch
+from lurm_lite.user_training import collate_views
+
+ToyUsers = Mapping[str, Mapping[str, Mapping[int, int]]]  # user -> "YYYY-MM" -> interest j -> behaviours
+
+
+def _month_ts(month: str) -> int:
+    """Unix seconds of the first day of ``"YYYY-MM"``."""
+    return int(np.datetime64(month, "M").astype("datetime64[s]").astype(np.int64))
+
+
+def toy_boi(users: ToyUsers, n_interests: int, granularities: Sequence[str] = ("month", "year")
+            ) -> dict[str, BoISequences]:
+    """BoI sequences (eq. 4) of hand-made users: user k of ``users`` (in order) has user id k.
+
+    Each behaviour is an item whose interest is given (item j belongs to interest j), at noon
+    on the 2nd of its month; ``build_boi`` then counts them per period, b_j = log(1 + count).
+    """
+    user_ids, item_ids, ts = [], [], []
+    for k, months in enumerate(users.values()):
+        for month, counts in sorted(months.items()):
+            for j, count in counts.items():
+                if not 0 <= j < n_interests:
+                    raise ValueError(f"interest {j} of month {month} is outside 0..{n_interests - 1}")
+                user_ids += [k] * count
+                item_ids += [j] * count
+                ts += [_month_ts(month) + 86400 + 43200] * count
+    return build_boi(np.array(user_ids, np.int64), np.array(item_ids, np.int32), np.array(ts, np.int64),
+                     np.arange(n_interests), n_interests, granularities=tuple(granularities))
+
+
+def toy_batch(boi: Mapping[str, BoISequences], scales: Sequence[str], end: str) -> dict[str, ScaleBatch]:
+    """Every user's whole life as one ``{scale: ScaleBatch}``, the window ending at the start of month ``end``.
+
+    Built by :func:`lurm_lite.user_training.collate_views` from the finest scale
+    (``scales[0]``), as a training view: coarser rows are sums of the fine ones, and each
+    timeline runs from the user's first non-empty period to the window end, empty periods
+    included (steps without a row).
+    """
+    base = boi[scales[0]]
+    rows = np.arange(base.matrix.shape[0], dtype=np.int64)  # (n_rows,) every row, user after user
+    end_ts = np.full(base.n_users, _month_ts(end), dtype=np.int64)  # (B,)
+    return collate_views(base, rows, np.diff(base.user_ptr), end_ts, tuple(scales))
+
+
+def toy_smen(n_interests: int, hidden: int = 8, anchors: int = 4, scales: Sequence[str] = ("month", "year"),
+             seed: int = 0) -> SMEN:
+    """A freshly initialised SMEN (``torch.manual_seed(seed)`` first, as ``train_smen`` does), eval mode."""
+    torch.manual_seed(seed)
+    return SMEN(n_interests, hidden=hidden, anchors=anchors, scales=tuple(scales)).eval()
+
+
+def timeline_grid(r: torch.Tensor, x: ScaleBatch) -> torch.Tensor:
+    """r (n_rows, M, H) of the batch ``x`` -> (B, N, M, H), N = the longest timeline.
+
+    Row k goes to (user ``x.row_user[k]``, step ``x.row_step[k]``); every other step, an
+    empty period or past the user's timeline, holds 0 (ReLU(0), what the GRU reads there).
+    """
+    n_steps = int(x.lengths.max()) if x.n_users else 0
+    grid = r.new_zeros(x.n_users, n_steps, *r.shape[1:])  # (B, N, M, H)
+    grid[x.row_user, x.row_step] = r
+    return grid
+
+
+def _period_label(granularity: str, period: int) -> str:
+    if granularity in ("month", "year"):
+        return str(np.datetime64(int(period), "M" if granularity == "month" else "Y"))
+    return f"{granularity} #{period}"
+
+
+def boi_table(seqs: BoISequences, user_names: Sequence[str], interest_names: Sequence[str]) -> pd.DataFrame:
+    """The rows b_t of ``seqs`` as a table: one row per (user, period), one column per interest used."""
+    dense = seqs.matrix.toarray()  # (n_rows, D)
+    used = np.flatnonzero(dense.any(axis=0))  # interests with at least one b_j > 0
+    user = np.repeat(np.arange(seqs.n_users), np.diff(seqs.user_ptr))  # (n_rows,)
+    index = pd.MultiIndex.from_arrays([[user_names[k] for k in user],
+                                       [_period_label(seqs.granularity, p) for p in seqs.period]],
+                                      names=["user", "period t"])
+    return pd.DataFrame(dense[:, used].round(3), index=index, columns=[interest_names[j] for j in used])
+
+
+def alpha_table(alpha: np.ndarray, interest_names: Sequence[str], interests: Sequence[int]) -> pd.DataFrame:
+    """alpha_ij of eq. (6) of the given interests j over the M anchors i: rows interests, columns anchors."""
+    alpha = np.asarray(alpha)  # (D, M)
+    return pd.DataFrame(alpha[list(interests)].round(3), index=[interest_names[j] for j in interests],
+                        columns=[f"anchor {i}" for i in range(alpha.shape[1])])
