@@ -70,9 +70,10 @@ def toy_batch(boi: Mapping[str, BoISequences], scales: Sequence[str], end: str) 
 
 def toy_smen(n_interests: int, hidden: int = 8, anchors: int = 4, scales: Sequence[str] = ("month", "year"),
              seed: int = 0) -> SMEN:
-    """A freshly initialised SMEN (``torch.manual_seed(seed)`` first, as ``train_smen`` does), eval mode."""
+    """A freshly initialised SMEN (``torch.manual_seed(seed)`` first, as ``train_smen`` does), in eval
+    mode and without gradients (its outputs are plain tensors a notebook can print or turn into numpy)."""
     torch.manual_seed(seed)
-    return SMEN(n_interests, hidden=hidden, anchors=anchors, scales=tuple(scales)).eval()
+    return SMEN(n_interests, hidden=hidden, anchors=anchors, scales=tuple(scales)).eval().requires_grad_(False)
 
 
 def timeline_grid(r: torch.Tensor, x: ScaleBatch) -> torch.Tensor:

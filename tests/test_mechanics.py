@@ -46,6 +46,7 @@ def test_toy_smen_is_seeded_and_tables_name_interests_and_anchors():
     a, b = mechanics.toy_smen(5, hidden=4, anchors=3, seed=1), mechanics.toy_smen(5, hidden=4, anchors=3, seed=1)
     torch.testing.assert_close(a.multi_anchor.W_e, b.multi_anchor.W_e)
     assert not a.training and a.anchors == 3 and a.hidden == 4
+    assert not any(p.requires_grad for p in a.parameters())
     names = [f"{j} name" for j in range(5)]
     table = mechanics.boi_table(mechanics.toy_boi(USERS, 5)["month"], list(USERS), names)
     assert list(table.columns) == ["0 name", "1 name", "2 name", "4 name"]  # interest 3 is never used
