@@ -12,6 +12,10 @@ A toy user is a few months of behaviours on a few interests, written by hand:
 - :func:`timeline_grid`: the multi-anchor output r (n_rows, M, H) laid out per user and
   period, (B, N, M, H), as the GRU of §2.2.2 reads it (empty periods are 0);
 - :func:`boi_table`, :func:`alpha_table`: b_t and alpha_ij (eq. 6) as tables with names.
+
+And what the anchors of a trained SMEN do (notebook 07, Fig. 5): :func:`anchor_separation`
+(how far the outputs r^i of different anchors separate) and :func:`top_interests_per_anchor`
+(which interests each anchor takes, by alpha_ij).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lurm_lite import analysis
 from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.smen import SMEN, ScaleBatch
 from lurm_lite.user_training import collate_views
@@ -110,3 +115,38 @@ def alpha_table(alpha: np.ndarray, interest_names: Sequence[str], interests: Seq
     alpha = np.asarray(alpha)  # (D, M)
     return pd.DataFrame(alpha[list(interests)].round(3), index=[interest_names[j] for j in interests],
                         columns=[f"anchor {i}" for i in range(alpha.shape[1])])
+
+
+def anchor_separation(points: Mapping[str, np.ndarray], anchor: np.ndarray, seed: int, perplexity: float = 30.0,
+                      k: int = 10) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """How far the multi-anchor outputs r^i (eq. 5) of different anchors separate, per model (Fig. 5).
+
+    ``points``: model name -> (n*M, H) points, ``anchor`` (n*M,) the anchor of each
+    (``analysis.anchor_points``). Returns ``(measures, tsne)``: ``measures[measure][name]`` for
+    ``silhouette`` (cosine, in H dimensions), ``silhouette_tsne`` (euclidean, in the t-SNE
+    plane) and ``knn_anchor_purity`` (share of the k nearest neighbours from the same
+    anchor; chance 1/M); ``tsne[name]`` the (n*M, 2) t-SNE of the points.
+    """
+    tsne = {name: analysis.tsne_2d(p, seed=seed, perplexity=perplexity) for name, p in points.items()}
+    measures = {
+        "silhouette": {name: analysis.anchor_silhouette(p, anchor) for name, p in points.items()},
+        "silhouette_tsne": {name: analysis.anchor_silhouette(t, anchor, metric="euclidean") for name, t in tsne.items()},
+        "knn_anchor_purity": {name: analysis.anchor_knn_purity(p, anchor, k=k) for name, p in points.items()},
+    }
+    return measures, tsne
+
+
+def top_interests_per_anchor(alpha: np.ndarray, interest_weight: np.ndarray, interest_names: Sequence[str],
+                             top: int = 3) -> pd.DataFrame:
+    """The ``top`` interests j of each anchor i by its mass alpha_ij * weight_j (eq. 6), named.
+
+    ``alpha`` (D, M); ``interest_weight`` (D,) e.g. behaviours per interest in the history.
+    The share is the interest's part of the anchor's whole mass sum_j alpha_ij weight_j.
+    Returns one row per anchor: ``"top interests"``, ``"name (share%)"`` joined by "; ".
+    """
+    mass = np.asarray(alpha, dtype=np.float64) * np.asarray(interest_weight, dtype=np.float64)[:, None]  # (D, M)
+    share = mass / np.maximum(mass.sum(axis=0, keepdims=True), 1e-300)  # (D, M) columns sum to 1
+    rows = {f"anchor {i}": "; ".join(f"{interest_names[j]} ({share[j, i]:.0%})"
+                                     for j in np.argsort(-share[:, i], kind="stable")[:top] if share[j, i] > 0)
+            for i in range(mass.shape[1])}
+    return pd.DataFrame({"top interests (share of the anchor's alpha-weighted behaviours)": rows})

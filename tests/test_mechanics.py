@@ -53,3 +53,27 @@ def test_toy_smen_is_seeded_and_tables_name_interests_and_anchors():
     assert table.loc[("runner", "2017-03"), "4 name"] == pytest.approx(np.log1p(3), abs=1e-3)  # shown to 3 decimals
     alpha = np.full((5, 3), 1 / 3)
     assert mechanics.alpha_table(alpha, names, [4]).columns.tolist() == ["anchor 0", "anchor 1", "anchor 2"]
+
+
+def test_anchor_separation_scores_separate_anchors_above_mixed_ones():
+    rng = np.random.default_rng(0)
+    anchor = np.repeat(np.arange(3), 30)  # (90,)
+    centres = np.eye(8)[:3] * 5
+    separate = centres[anchor] + rng.normal(size=(90, 8)) * 0.3
+    mixed = rng.normal(size=(90, 8))
+    measures, tsne = mechanics.anchor_separation({"mixed": mixed, "separate": separate}, anchor, seed=0,
+                                                 perplexity=10)
+    assert set(measures) == {"silhouette", "silhouette_tsne", "knn_anchor_purity"}
+    assert measures["knn_anchor_purity"]["separate"] == pytest.approx(1.0)
+    assert measures["knn_anchor_purity"]["mixed"] < 0.6
+    assert measures["silhouette"]["separate"] > 0.5 > measures["silhouette"]["mixed"]
+    assert tsne["separate"].shape == (90, 2)
+
+
+def test_top_interests_per_anchor_ranks_by_alpha_times_weight():
+    alpha = np.array([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])  # (D=3, M=2)
+    weight = np.array([1.0, 10.0, 1.0])  # interest 1 is where the behaviours are
+    table = mechanics.top_interests_per_anchor(alpha, weight, ["0 Books", "1 Toys", "2 Home"], top=2)
+    column = table.iloc[:, 0]
+    assert column["anchor 0"] == "1 Toys (85%); 0 Books (15%)"  # masses 5 and 0.9
+    assert column["anchor 1"] == "1 Toys (82%); 2 Home (16%)"  # masses 5, 1 and 0.1 of 6.1
