@@ -55,6 +55,7 @@ bit-for-bit deterministic.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -473,3 +474,20 @@ def generate(out: str | Path, scale: str = "default", seed: int = 0, quiet: bool
         print(format_summary(dataset.meta["summary"]))
         print(f"generated in {time.perf_counter() - t0:.1f} s -> {out}")
     return out
+
+
+def ground_truth_topics(dataset_dir: str | Path) -> tuple[np.ndarray, list[str]] | None:
+    """The latent topics :func:`generate` wrote: (item_topic (n_items,) int64, topic names), or None
+    when ``dataset_dir`` has no ``ground_truth/`` (a dataset not made by this generator).
+
+    Topic k is named ``"topic k (<category>)"``, with ``", baby"`` for the Baby topics that
+    carry the ``baby_age`` signal.
+    """
+    gt = Path(dataset_dir) / "ground_truth"
+    if not (gt / "item_topic.npy").exists():
+        return None
+    world = json.loads((gt / "world.json").read_text())
+    baby = set(world.get("baby_topics", []))
+    names = [f"topic {k} ({world['categories'][c]}{', baby' if k in baby else ''})"
+             for k, c in enumerate(np.load(gt / "topic_category.npy"))]
+    return np.load(gt / "item_topic.npy"), names

@@ -24,11 +24,15 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+from typing import Sequence
+
 import faiss
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from lurm_lite.config import ITEMS_PER_INTEREST, ClusteringConfig
+from lurm_lite.text import tokenize
 
 
 def _use_gpu() -> bool:
@@ -262,3 +266,127 @@ def example_interests(sizes: np.ndarray, n: int, rng: np.random.Generator, min_s
     rest = np.setdiff1d(np.flatnonzero(sizes > 0), chosen)
     rest = rest[np.argsort(-sizes[rest], kind="stable")][: n - chosen.size]
     return np.concatenate([chosen, rest]).astype(np.int64)
+
+
+def report_summary(report: dict) -> dict:
+    """The scalar entries of :func:`cluster_report` (no per-interest arrays): what is printed and saved."""
+    return {k: v for k, v in report.items() if not isinstance(v, (list, np.ndarray))}
+
+
+def collapse_warning(report: dict, threshold: float = 0.5) -> str | None:
+    """A warning when one interest holds more than ``threshold`` of the items (D > 1), else None.
+
+    That happens when the item embeddings hardly differ, e.g. items without text embedded by
+    their fallback titles: notebook 02's item-id path (``ITEM_IDS``) is the remedy.
+    """
+    if report["n_interests"] > 1 and report["largest_share"] > threshold:
+        return (f"WARNING: one interest holds {report['largest_share']:.0%} of the items: the item embeddings "
+                "hardly differ (items without text? see notebook 02's item-id path, ITEM_IDS)")
+    return None
+
+
+def topic_recovery(embeddings: np.ndarray, item_interest: np.ndarray, item_topic: np.ndarray,
+                   config: ClusteringConfig, seed: int) -> dict[str, float]:
+    """NMI of the interests against known item topics (synthetic ground truth), and its floor.
+
+    ``nmi_learned``: NMI(item_topic, item_interest). ``nmi_random_embeddings``: the same
+    clustering (``config.n_interests`` centroids, ``seed``) of random unit vectors of the
+    embeddings' shape, what an embedding that learned nothing would score.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    n_interests = config.n_interests
+    random_vectors = _normalise(np.random.default_rng(seed).standard_normal(np.shape(embeddings)))  # (n, H)
+    random_assignment = assign_hard(random_vectors, train_centroids(random_vectors, n_interests, config, seed=seed))
+    return {"nmi_learned": float(normalized_mutual_info_score(item_topic, item_interest)),
+            "nmi_random_embeddings": float(normalized_mutual_info_score(item_topic, random_assignment))}
+
+
+def _assignment_matrix(item_interest: np.ndarray | sp.spmatrix, n_interests: int | None) -> sp.csr_matrix:
+    """Hard (n,) -> one-hot (n, D) CSR; a soft (n, D) sparse or dense matrix -> CSR float64."""
+    if sp.issparse(item_interest) or np.ndim(item_interest) == 2:
+        return sp.csr_matrix(item_interest, dtype=np.float64)
+    labels = np.asarray(item_interest, dtype=np.int64)
+    n_interests = int(labels.max()) + 1 if n_interests is None else n_interests
+    return sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)), shape=(len(labels), n_interests))
+
+
+def _category_shares(categories: Sequence) -> tuple[sp.csr_matrix, list[str]]:
+    """(n_items, L) shares of each item's categories ('A|B' -> 1/2 each; none: a zero row), L names."""
+    parts = [[c.strip() for c in v.split("|") if c.strip()] if isinstance(v, str) else [] for v in categories]
+    names = sorted({c for cs in parts for c in cs})
+    index = {c: k for k, c in enumerate(names)}
+    rows = np.repeat(np.arange(len(parts)), [len(cs) for cs in parts])
+    cols = np.array([index[c] for cs in parts for c in cs], dtype=np.int64)
+    values = np.concatenate([[1.0 / len(cs)] * len(cs) for cs in parts if cs] or [np.zeros(0)])
+    return sp.csr_matrix((values, (rows, cols)), shape=(len(parts), len(names))), names
+
+
+def _word_matrix(titles: Sequence) -> tuple[sp.csr_matrix, list[str]]:
+    """(n_items, V) 0/1 matrix: does the title hold the word (``text.tokenize``; digit-only words left out)."""
+    words = [sorted({w for w in tokenize(t) if not w.isdigit()}) if isinstance(t, str) else [] for t in titles]
+    vocab = sorted({w for ws in words for w in ws})
+    index = {w: k for k, w in enumerate(vocab)}
+    rows = np.repeat(np.arange(len(words)), [len(ws) for ws in words])
+    cols = np.array([index[w] for ws in words for w in ws], dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(words), len(vocab))), vocab
+
+
+def interest_labels(item_interest: np.ndarray | sp.spmatrix, items: pd.DataFrame, top_words: int = 2,
+                    n_interests: int | None = None, item_weight: np.ndarray | None = None) -> list[str]:
+    """A name a person can read for each interest c_j of §2.1.2: ``"876 Books: thriller, murder"``.
+
+    The name is the interest's index j, its dominant category and its ``top_words`` most
+    distinctive title words:
+
+    - **mass**: every item counts with its assignment weight a(x, j) (hard: 1 on its interest;
+      soft: the row of the (n_items, D) matrix), times ``item_weight`` (x) when given (e.g. its
+      behaviours in the history: then the label says what people *do* in the interest);
+      by default 1 per item, i.e. the dominant category **by item count**;
+    - **dominant category**: the category with the largest mass; an item listed in several
+      categories (``"Drama|War"``) shares its mass equally among them; items without a
+      category (empty or null) count for none. No categorised item: no category part;
+    - **top words**: by a TF-IDF-like distinctiveness, p_j(w) * log(n_items / df(w)), with
+      p_j(w) the share of the interest's mass whose title holds w (``text.tokenize``) and
+      df(w) the number of items whose title holds it. Left out: words of fewer than 2 titles
+      (item keys of fallback titles ``item <key> <category>``), words of more than half of
+      the titles (``item`` of those fallbacks, stop words), digit-only words and the words
+      of the label's own category; so an ids-only or empty title adds no word. No word
+      left: no word part.
+
+    Returns a list of D strings: ``"j Category: w1, w2"``, ``"j: w1, w2"`` (no category),
+    ``"j Category"`` (no word), ``"j"``, or ``"j (empty)"`` for an interest without items.
+    """
+    A = _assignment_matrix(item_interest, n_interests)  # (n_items, D) a(x, j)
+    if item_weight is not None:
+        A = sp.diags(np.asarray(item_weight, dtype=np.float64)) @ A
+    A = A.T.tocsr()  # (D, n_items) mass of each item in each interest
+    interest_mass = np.asarray(A.sum(axis=1)).ravel()  # (D,)
+    C, categories = _category_shares(items["category"] if "category" in items else [None] * len(items))
+    category_mass = (A @ C).toarray() if C.shape[1] else np.zeros((A.shape[0], 0))  # (D, L)
+    W, vocab = _word_matrix(items["title"])  # (n_items, V)
+    df = np.asarray(W.sum(axis=0)).ravel()  # (V,) titles holding each word
+    kept = (df >= 2) & (df <= len(items) / 2)  # (V,) neither an item key nor a word of most titles
+    idf = np.where(kept, np.log(len(items) / np.maximum(df, 1)), 0.0)  # (V,) 0 for left-out words
+    score = (A @ W).tocsr()  # (D, V) mass of the interest's items holding w
+    labels = []
+    for j in range(A.shape[0]):
+        if interest_mass[j] <= 0:
+            labels.append(f"{j} (empty)")
+            continue
+        category = categories[int(np.argmax(category_mass[j]))] if category_mass[j].sum() > 0 else None
+        own = set(tokenize(category)) if category else set()
+        row = score.getrow(j)
+        ranked = sorted(((-(m / interest_mass[j]) * idf[w], vocab[w]) for w, m in zip(row.indices, row.data)
+                         if idf[w] > 0 and vocab[w] not in own))  # best first, ties alphabetical
+        words = ", ".join(w for _, w in ranked[:top_words])
+        labels.append(f"{j}{' ' + category if category else ''}{': ' + words if words else ''}")
+    return labels
+
+
+def interest_members(item_interest: np.ndarray, items: pd.DataFrame, interest: int, n: int = 5,
+                     width: int = 80) -> pd.DataFrame:
+    """The first ``n`` items of a hard-assigned interest: category and title (cut at ``width`` characters)."""
+    members = np.flatnonzero(np.asarray(item_interest) == interest)[:n]
+    return pd.DataFrame({"category": items["category"].to_numpy()[members] if "category" in items else None,
+                         "title": [str(t)[:width] for t in items["title"].to_numpy()[members]]}, index=members)

@@ -97,14 +97,17 @@ def cluster_sizes(sizes: np.ndarray) -> matplotlib.figure.Figure:
     return fig
 
 
-def boi_timeline(rows: np.ndarray, periods: Sequence[str], top: int = 25) -> matplotlib.figure.Figure:
+def boi_timeline(rows: np.ndarray, periods: Sequence[str], top: int = 25,
+                 interest_names: Sequence[str] | None = None) -> matplotlib.figure.Figure:
     """Heatmap of one user's b_t over time: the ``top`` most used interests x periods.
 
-    ``rows`` is the user's dense (N, D) BoI sequence; ``periods`` the N period labels.
+    ``rows`` is the user's dense (N, D) BoI sequence; ``periods`` the N period labels;
+    ``interest_names`` the D row labels (``clustering.interest_labels``; None: ``interest j``).
     """
     rows = np.asarray(rows)
     columns = np.argsort(-rows.sum(axis=0))[:top]
-    frame = pd.DataFrame(rows[:, columns].T, index=[f"interest {c}" for c in columns], columns=list(periods))
+    names = [interest_names[c] if interest_names is not None else f"interest {c}" for c in columns]
+    frame = pd.DataFrame(rows[:, columns].T, index=names, columns=list(periods))
     fig, ax = plt.subplots(figsize=(min(14, 2 + 0.25 * len(periods)), 0.25 * len(columns) + 1.5))
     sns.heatmap(frame, cmap="viridis", ax=ax, cbar_kws={"label": "b_t = log(1 + count), eq. (4)"})
     ax.set(xlabel="period t", ylabel="", title="One user's Bag-of-Interests timeline")

@@ -372,10 +372,14 @@ class ScaleSwitch(nn.Module):
         self.weight = nn.Parameter(torch.empty(anchors, 2 * hidden, hidden).uniform_(-bound, bound))  # (M, 2H, H)
         self.bias = nn.Parameter(torch.empty(anchors, hidden).uniform_(-bound, bound))  # (M, H)
 
+    def gate(self, r_tilde: torch.Tensor, r_tilde_prime: torch.Tensor) -> torch.Tensor:
+        """The switch s^i([r~^i, r~'^i]) of eq. (7), in (0, 1): (B, M, H) from r~, r~' (B, M, H) each."""
+        both = torch.cat([r_tilde, r_tilde_prime], dim=-1)  # (B, M, 2H)
+        return torch.sigmoid(torch.einsum("bmk,mkh->bmh", both, self.weight) + self.bias)  # (B, M, H)
+
     def forward(self, r_tilde: torch.Tensor, r_tilde_prime: torch.Tensor) -> torch.Tensor:
         """r~ (B, M, H) of the finer scale, r~' (B, M, H) of the coarser -> R^ (B, M, H)."""
-        both = torch.cat([r_tilde, r_tilde_prime], dim=-1)  # (B, M, 2H)
-        s = torch.sigmoid(torch.einsum("bmk,mkh->bmh", both, self.weight) + self.bias)  # (B, M, H)
+        s = self.gate(r_tilde, r_tilde_prime)  # (B, M, H)
         return s * r_tilde + (1 - s) * r_tilde_prime
 
 

@@ -1,5 +1,7 @@
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lurm_lite.clustering import (
@@ -8,7 +10,12 @@ from lurm_lite.clustering import (
     assign_hard,
     assign_soft,
     cluster_report,
+    collapse_warning,
     example_interests,
+    interest_labels,
+    interest_members,
+    report_summary,
+    topic_recovery,
     mean_cosine_to_centroid,
     train_centroids,
     two_level_centroids,
@@ -120,3 +127,64 @@ def test_example_interests_show_what_exists_when_clusters_are_few_or_small():
     assert example_interests(np.zeros(4, np.int64), 3, rng).size == 0
     picks = {tuple(sorted(example_interests(np.full(10, 5), 3, np.random.default_rng(s)))) for s in range(5)}
     assert len(picks) > 1  # drawn at random among the sizeable ones
+
+
+def _catalogue():
+    """Six items in three interests: thrillers, a mixed Drama|War / War pair, ids-only titles."""
+    items = pd.DataFrame({
+        "title": ["Dark Murder Thriller", "Murder at Night thriller", "Night Garden",  # interest 0
+                  "War Stories 1944", "The War Garden",  # interest 1
+                  "item B0001"],  # interest 2: a fallback title, key in one title only
+        "category": ["Books", "Books", "Home", "Drama|War", "War", None],
+    })
+    return items, np.array([0, 0, 0, 1, 1, 2])
+
+
+def test_interest_labels_name_the_dominant_category_and_distinctive_words():
+    items, item_interest = _catalogue()
+    labels = interest_labels(item_interest, items, top_words=2, n_interests=4)
+    # interest 0: Books 2 items vs Home 1; murder, night and thriller each in 2 of its 3 titles
+    # and in 2 titles overall (equal scores, alphabetical); garden in 1 of 3 ranks below
+    assert labels[0] == "0 Books: murder, night"
+    # interest 1: War 1.5 items vs Drama 0.5; 'war' is the category's own word, 'garden' is in
+    # 2 titles overall (df 2), 'stories' and 'the' in one title only (left out), 1944 is digits
+    assert labels[1] == "1 War: garden"
+    assert labels[2] == "2"  # no category, 'item' in one title only, 'b0001' a key: nothing to say
+    assert labels[3] == "3 (empty)"
+    assert len(interest_labels(item_interest, items)) == 3  # D from the hard assignment
+
+
+def test_interest_labels_with_behaviour_weights_and_soft_assignment():
+    items, item_interest = _catalogue()
+    weight = np.array([1, 1, 10, 1, 1, 1])  # the Home item is where the behaviours are
+    assert interest_labels(item_interest, items, item_weight=weight)[0].startswith("0 Home: ")
+    soft = sp.csr_matrix(np.eye(3)[item_interest])  # one-hot as a soft matrix: the same labels
+    assert interest_labels(soft, items) == interest_labels(item_interest, items)
+    half = np.eye(3)[item_interest] * 0.5
+    half[:, 2] += 0.5  # every item half in interest 2: it now holds all categories, Books the largest
+    labels = interest_labels(sp.csr_matrix(half), items, top_words=1)
+    assert labels[2].startswith("2 Books: ") and labels[0].startswith("0 Books")
+
+
+def test_interest_labels_on_empty_and_ids_only_titles():
+    items = pd.DataFrame({"title": ["", "item 12", "item 13", "item 14"], "category": ["", "", "Toys", "Toys"]})
+    assert interest_labels(np.array([0, 0, 1, 1]), items) == ["0", "1 Toys"]  # 'item' in 3 of 4 titles: left out
+
+
+def test_report_summary_collapse_warning_and_members():
+    report = cluster_report(np.array([0, 0, 0, 1]), 2)
+    summary = report_summary(report)
+    assert summary["largest_share"] == 0.75 and "sizes" not in summary and "empty_clusters" not in summary
+    assert "75%" in collapse_warning(report) and collapse_warning(cluster_report(np.array([0, 1]), 2)) is None
+    assert collapse_warning(cluster_report(np.array([0, 0]), 1)) is None  # D = 1: nothing to warn about
+    items, item_interest = _catalogue()
+    members = interest_members(item_interest, items, 1)
+    assert list(members.index) == [3, 4] and list(members["category"]) == ["Drama|War", "War"]
+
+
+def test_topic_recovery_scores_learned_clusters_above_random_embeddings():
+    points, labels = _blobs(n_blobs=5, per_blob=60, dim=16, spread=0.2, seed=3)
+    config = ClusteringConfig(n_interests=5, niter=10, init="kmeans++")
+    assignment = assign_hard(points, train_centroids(points, 5, config, seed=0))
+    recovery = topic_recovery(points, assignment, labels, config, seed=0)
+    assert recovery["nmi_learned"] > 0.8 and recovery["nmi_random_embeddings"] < 0.3

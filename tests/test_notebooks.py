@@ -39,6 +39,18 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell(path):
         assert name.isupper() and "#" in line, f"{path.name}: '{line}' needs an UPPER_CASE name and a comment"
 
 
+MAX_CELL_LINES = 15  # a code cell a student reads at a glance; longer logic belongs in lurm_lite/
+
+
+@pytest.mark.parametrize("path", sorted(chain.NOTEBOOK_DIR.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_code_cell_has_at_most_15_lines(path):
+    nb = nbformat.read(path, as_version=4)
+    long = [f"{path.name} cell {i}: {len(cell.source.splitlines())} lines"
+            for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and len(cell.source.splitlines()) > MAX_CELL_LINES]
+    assert not long, f"code cells over {MAX_CELL_LINES} lines (move the logic into a package function): {long}"
+
+
 def test_unknown_parameter_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(chain.ChainError, match="NOT_A_PARAMETER"):
         chain.run_chain("synthetic", "tiny", tmp_path / "run", extra={"NOT_A_PARAMETER": 1})

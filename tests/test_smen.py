@@ -147,6 +147,7 @@ def test_switch_mixes_the_two_scales_per_anchor_as_eq_7():
     for i in range(3):  # FC_i: its own (2H, H) layer per anchor
         s = torch.sigmoid(torch.cat([r1[:, i], r2[:, i]], dim=1) @ switch.weight[i] + switch.bias[i])
         torch.testing.assert_close(out[:, i], s * r1[:, i] + (1 - s) * r2[:, i])
+        torch.testing.assert_close(switch.gate(r1, r2)[:, i], s)  # the s^i notebook 04 shows
 
 
 def test_projection_head_follows_eq_8_and_9():

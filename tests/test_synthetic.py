@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from data_prep.schema import date_to_ts, load_dataset, task_labels, validate
-from data_prep.synthetic import AGE_GROUPS, BABY_AGES, FUTURE_TASK_CATEGORIES, SCALES, generate
+from data_prep.synthetic import AGE_GROUPS, BABY_AGES, FUTURE_TASK_CATEGORIES, SCALES, generate, ground_truth_topics
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,15 @@ def test_baby_interests_follow_child_age(ds, tiny_dataset):
     hi = np.array([window[t][1] for t in topic[is_baby]])
     inside = (child_age >= lo - 0.5) & (child_age < hi + 0.5)  # nan (noise, no child) counts as outside
     assert inside.mean() > 0.6
+
+
+def test_ground_truth_topics_names_each_topic_by_category_and_baby(tmp_path):
+    gt = tmp_path / "ground_truth"
+    gt.mkdir()
+    np.save(gt / "item_topic.npy", np.array([2, 0, 1], dtype=np.int64))
+    np.save(gt / "topic_category.npy", np.array([0, 1, 1], dtype=np.int64))
+    (gt / "world.json").write_text(json.dumps({"categories": ["Books", "Baby"], "baby_topics": [2]}))
+    item_topic, names = ground_truth_topics(tmp_path)
+    assert item_topic.tolist() == [2, 0, 1]
+    assert names == ["topic 0 (Books)", "topic 1 (Baby)", "topic 2 (Baby, baby)"]
+    assert ground_truth_topics(tmp_path / "elsewhere") is None
