@@ -45,14 +45,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lurm_lite.boi import build_boi, build_boi_streaming, period_index  # noqa: E402
-from lurm_lite.runs import save_json  # noqa: E402
+from lurm_lite.boi import build_boi, build_boi_streaming  # noqa: E402
+from lurm_lite.io import save_json  # noqa: E402
+from lurm_lite.periods import DAY_SECONDS, period_index  # noqa: E402
 
 N_INTERESTS = 100_000
 N_ITEMS = 1_000_000
 BEHAVIORS_PER_USER = 200  # mean; activity is Zipf-like, some users hold thousands
 FIRST_TS, LAST_TS = 1_199_145_600, 1_514_764_800  # 2008-01-01 .. 2018-01-01 UTC
-YEAR_SECONDS = 365 * 86_400
 
 
 def peak_rss_mb() -> float:
@@ -72,7 +72,7 @@ def synthetic_chunk(rng: np.random.Generator, first_user: int, n_behaviors: int)
     n_users = max(1, n_behaviors // BEHAVIORS_PER_USER)
     activity = rng.pareto(1.5, n_users) + 1.0
     user_local = rng.choice(n_users, n_behaviors, p=activity / activity.sum())  # (n,)
-    span = rng.integers(YEAR_SECONDS, 10 * YEAR_SECONDS, n_users)
+    span = rng.integers(365 * DAY_SECONDS, 3650 * DAY_SECONDS, n_users)  # 1..10 years of 365 days
     start = rng.integers(FIRST_TS, LAST_TS - span)
     ts = start[user_local] + (rng.random(n_behaviors) * span[user_local]).astype(np.int64)  # (n,)
     order = np.argsort(user_local * (LAST_TS - FIRST_TS) + (ts - FIRST_TS))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_prep import schema, synthetic  # noqa: E402
 from lurm_lite.boi import build_boi  # noqa: E402
 from lurm_lite.config import for_scale  # noqa: E402
-from lurm_lite.runs import device, save_json  # noqa: E402
+from lurm_lite.io import device, save_json  # noqa: E402
 from lurm_lite.user_training import encode_users, train_smen  # noqa: E402
 
 

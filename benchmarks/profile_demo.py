@@ -43,7 +43,8 @@ from lurm_lite import downstream  # noqa: E402
 from lurm_lite.boi import load_boi  # noqa: E402
 from lurm_lite.config import SMENConfig, UserTrainingConfig, for_scale  # noqa: E402
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step  # noqa: E402
-from lurm_lite.runs import RunPaths, load_json, save_json  # noqa: E402
+from lurm_lite.io import load_json, save_json  # noqa: E402
+from lurm_lite.runs import RunPaths  # noqa: E402
 from lurm_lite.smen import SMEN  # noqa: E402
 from lurm_lite.testing import mm_gflops, timed  # noqa: E402
 from lurm_lite.user_training import PairSampler, encoding_batches, load_user_reps  # noqa: E402

@@ -43,14 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_prep.schema import load_dataset  # noqa: E402
-from lurm_lite import analysis, diagnostics, runs  # noqa: E402
+from lurm_lite import analysis, diagnostics, io  # noqa: E402
 from lurm_lite.baselines import rows_of  # noqa: E402
 from lurm_lite.boi import load_boi  # noqa: E402
 from lurm_lite.chain import run_chain  # noqa: E402
 from lurm_lite.config import for_scale  # noqa: E402
 from lurm_lite.downstream import all_task_labels  # noqa: E402
+from lurm_lite.io import load_json, save_json  # noqa: E402
 from lurm_lite.results import load_results  # noqa: E402
-from lurm_lite.runs import RunPaths, load_json, save_json  # noqa: E402
+from lurm_lite.runs import RunPaths  # noqa: E402
 from lurm_lite.smen import SMEN, load_smen  # noqa: E402
 from lurm_lite.user_training import encode_users, load_user_reps  # noqa: E402
 
@@ -167,7 +168,7 @@ def run_seed(seed: int, scale: str, work_dir: Path, device: str, log=print) -> d
     D = boi["month"].n_interests
     item_interest = np.load(run.item_interest)
     model = load_smen(run.smen, "cpu")
-    compute = runs.device(device)
+    compute = io.device(device)
 
     def timed(name, fn):
         t0 = time.perf_counter()

@@ -38,10 +38,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lurm_lite import runs, serving  # noqa: E402
+from lurm_lite import io, serving  # noqa: E402
 from lurm_lite.boi import BoISequences  # noqa: E402
+from lurm_lite.periods import month_name, period_start_ts  # noqa: E402
 from lurm_lite.smen import SMEN  # noqa: E402
-from lurm_lite.user_training import encode_users, period_start_ts  # noqa: E402
+from lurm_lite.user_training import encode_users  # noqa: E402
 
 D, M, H = 1_000, 10, 128
 FIRST_MONTH, MONTHS = "2008-07", 120
@@ -95,7 +96,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--users", type=int, default=1_000, help="users of 10-year lives (rates are per user)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    dev = runs.device(args.device)
+    dev = io.device(args.device)
     n_users, update_reps = (200, 3) if args.quick else (args.users, 5)
     t0 = time.perf_counter()
     seqs = synthetic_lives(n_users, seed=0)
@@ -117,7 +118,7 @@ def main(argv=None) -> dict:
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
-        "data": {"users": n_users, "months": MONTHS, "update_month": serving.month_name(last),
+        "data": {"users": n_users, "months": MONTHS, "update_month": month_name(last),
                  "rows": int(seqs.matrix.shape[0]), "nonzeros_per_row": INTERESTS_PER_MONTH, "D": D, "M": M, "H": H},
         "update_users_per_s": n_users / update_s,
         "full_users_per_s": n_users / full_s,
@@ -130,7 +131,7 @@ def main(argv=None) -> dict:
         "quick": args.quick,
         "wall_s": time.perf_counter() - t0,
     }
-    runs.save_json(args.json, results)
+    io.save_json(args.json, results)
     print(f"update {results['update_users_per_s']:.0f} users/s, whole-life re-encode "
           f"{results['full_users_per_s']:.0f} users/s: speedup {results['speedup']:.1f}x (target >= 20), "
           f"max_abs_diff {results['max_abs_diff']:.1e} (target <= 1e-5), "

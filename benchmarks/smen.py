@@ -51,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lurm_lite import runs  # noqa: E402
+from lurm_lite import io  # noqa: E402
 from lurm_lite.contrastive import adam_optimizers, info_nce  # noqa: E402
 from lurm_lite.smen import SMEN, collate_rows, row_ranges  # noqa: E402
 from lurm_lite.testing import dense_multi_anchor, mm_gflops, random_boi, timed  # noqa: E402
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = runs.device(args.device)
+    dev = io.device(args.device)
     n_users, reps = (64, 3) if args.quick else (256, 5)
     t0 = time.perf_counter()
     per_d = {}
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
         "quick": args.quick,
         "wall_s": time.perf_counter() - t0,
     }
-    runs.save_json(args.json, results)
+    io.save_json(args.json, results)
     print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (zipf {results['sparse_d_scaling_zipf']:.2f}; target <= 1.5), sparse_vs_dense_at_1e5 "
           f"{results['sparse_vs_dense_at_1e5']:.1f} (target >= 10), users_encoded_per_s "
           f"{results['users_encoded_per_s']:.0f}; training {train_gflops:.1f} GFLOP/s "

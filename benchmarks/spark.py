@@ -44,7 +44,7 @@ from data_prep import synthetic  # noqa: E402
 from lurm_lite import spark as lurm_spark  # noqa: E402
 from lurm_lite.boi import build_boi, load_boi_parquet  # noqa: E402
 from lurm_lite.config import for_scale  # noqa: E402
-from lurm_lite.runs import save_json  # noqa: E402
+from lurm_lite.io import save_json  # noqa: E402
 from lurm_lite.smen import SMEN  # noqa: E402
 from lurm_lite.user_training import encode_users  # noqa: E402
 

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.schema import Dataset, format_summary, task_labels, write_dataset
-from lurm_lite.runs import atomic_path
+from lurm_lite.io import atomic_path
 
 WHEEL_REQUIREMENT = "recbole==1.2.1"
 WHEEL_FILE = "recbole-1.2.1-py3-none-any.whl"

@@ -50,14 +50,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lurm_lite.runs import load_json, save_json
+from lurm_lite.io import load_json, save_json
 
 ITEMS_FILE = "items.parquet"
 BEHAVIORS_FILE = "behaviors.parquet"
 USERS_FILE = "users.parquet"
 META_FILE = "dataset.json"
 
-DAY_SECONDS = 86_400
 TASK_KINDS = ("binary", "multiclass")
 POPULATIONS = ("all", "active_in_label_window")
 RULE_KEYS = ("future_category", "profile", "activity")

@@ -63,10 +63,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.schema import DAY_SECONDS, behavior_writer, date_to_ts, format_summary, write_dataset
-from lurm_lite.runs import atomic_path, save_json, save_npy
+from data_prep.schema import behavior_writer, date_to_ts, format_summary, write_dataset
+from lurm_lite.io import atomic_path, save_json, save_npy
+from lurm_lite.periods import DAY_SECONDS, YEAR_SECONDS
 
-YEAR_SECONDS = 365.25 * DAY_SECONDS
 HISTORY_START = "2008-01-01"
 HISTORY_END = "2018-01-01"
 LABEL_END = "2018-11-01"

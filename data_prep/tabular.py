@@ -82,7 +82,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.schema import DAY_SECONDS, DatasetError, date_to_ts, format_summary, ts_to_date, write_dataset
+from data_prep.schema import DatasetError, date_to_ts, format_summary, ts_to_date, write_dataset
+from lurm_lite.periods import DAY_SECONDS
 
 MAX_PROFILE_CLASSES = 50
 N_CATEGORY_TASKS = 3

@@ -1,10 +1,10 @@
 """Ablations and visualisation of §3.6-3.7: what notebooks 06-08 compute, unit-tested here.
 
 - **Fig. 3, length ablation**: :func:`length_windows` picks the history lengths that fit a
-  dataset's span (2 months ... 5 years, then the whole life); :func:`window_start_ts` is
-  where a window of K months before the history end starts; :func:`boi_in_window` is the
-  model-free reference (raw b_T of eq. 4 restricted to the same window) and
-  :func:`rfm_in_window` the activity-only one (recency, frequency, tenure of that window).
+  dataset's span (2 months ... 5 years, then the whole life); a window of K months before
+  the history end starts at :func:`lurm_lite.periods.window_start_ts` (the window
+  ``encode_users`` encodes); :func:`boi_in_window` is the model-free reference (raw b_T of
+  eq. 4 restricted to the same window) and :func:`rfm_in_window` the activity-only one (recency, frequency, tenure of that window).
 - **Evaluation**: :func:`evaluate_representation` runs the same split and probe as notebook
   05 (:func:`lurm_lite.downstream.evaluate`); :func:`metrics_frame` turns
   ``{setting: {task: metrics}}`` into the long table :func:`lurm_lite.plots.metric_vs_setting`
@@ -35,39 +35,20 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import baselines, clustering, downstream, runs
+from lurm_lite import baselines, clustering, downstream, io
 from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.config import (ITEMS_PER_INTEREST, PAPER_LENGTHS_MONTHS, ClusteringConfig, DownstreamConfig,
                               SMENConfig, UserTrainingConfig)
-from lurm_lite.runs import RunPaths, load_json, save_npz
+from lurm_lite.io import load_json, save_npz
+from lurm_lite.periods import LIFE, months_per_period
+from lurm_lite.runs import RunPaths
 from lurm_lite.smen import SMEN, load_smen
-from lurm_lite.user_training import boi_fingerprint, encode_users, period_start_ts, train_smen
+from lurm_lite.user_training import boi_fingerprint, encode_users, train_smen
 
-LIFE = "life"
 
 # ---------------------------------------------------------------------------------------
 # Fig. 3: history windows
 # ---------------------------------------------------------------------------------------
-
-
-def month_index(ts: int) -> int:
-    """Months since 1970-01 of the unix time ``ts``."""
-    return int(np.int64(ts).astype("datetime64[s]").astype("datetime64[M]").astype(np.int64))
-
-
-def window_start_ts(history_end_ts: int, months: int) -> int:
-    """Start (unix s) of the last ``months`` calendar months before ``history_end_ts``.
-
-    The same window as ``encode_users(last_months=months, history_end_ts=...)``: with the
-    history end 2018-01-01 and 12 months, 2017-01-01, so [start, end) is the year 2017.
-    """
-    last_month = month_index(int(history_end_ts) - 1)  # the month holding the last second
-    return int(period_start_ts("month", np.array([last_month + 1 - months]))[0])
-
-
-def history_span_months(history_start_ts: int, history_end_ts: int) -> int:
-    """Calendar months touched by the history window [start, end), at least 1."""
-    return max(1, month_index(int(history_end_ts) - 1) - month_index(int(history_start_ts)) + 1)
 
 
 def length_windows(span_months: int, lengths: Sequence[int] = PAPER_LENGTHS_MONTHS) -> list[int | None]:
@@ -171,17 +152,6 @@ def length_trend(frame: pd.DataFrame, setting: str = "length") -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 # Table 5 and Fig. 4: retrained variants
 # ---------------------------------------------------------------------------------------
-
-
-def months_per_period(granularity: str) -> float:
-    """Length of one period in months (``month`` 1, ``year`` 12, ``<N>d`` N / 30.44)."""
-    if granularity == "month":
-        return 1.0
-    if granularity == "year":
-        return 12.0
-    if granularity.endswith("d") and granularity[:-1].isdigit():
-        return int(granularity[:-1]) / 30.4375
-    raise ValueError(f"Unknown granularity {granularity!r}")
 
 
 def variant_training_config(train_config: UserTrainingConfig, scales: Sequence[str], epochs: int | None = None
@@ -296,7 +266,7 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
                                    checkpoint_path=None, resume=False, progress=progress)
         epoch_losses = losses["epoch"]
     else:
-        model, epoch_losses = load_smen(trained[0], runs.device(str(device) if device is not None else "auto")), trained[1]
+        model, epoch_losses = load_smen(trained[0], io.device(device)), trained[1]
     train_seconds = time.perf_counter() - start
     reps = encode_users(model, dict(boi), user_ids, device, batch_size=train_config.encode_batch_size)
     info = {"scales": list(smen_config.scales), "anchors": smen_config.anchors, "hidden": smen_config.hidden,

@@ -27,11 +27,9 @@ from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from lurm_lite.boi import BoISequences, whole_life_boi
+from lurm_lite.periods import MONTH_SECONDS
 from lurm_lite.smen import SMEN
 from lurm_lite.user_training import encode_users
-
-# Length of one month in seconds for RFM: the mean Gregorian month, 365.25 / 12 days.
-MONTH_SECONDS = 30.4375 * 86_400
 
 # gensim's training routines silently drop the words of a document after the first 10000;
 # longer documents are fed as several pieces that share the user's tag.
@@ -136,7 +134,7 @@ def boi_features(behaviors: pd.DataFrame, item_interest: np.ndarray | sp.spmatri
 def rfm_features(behaviors: pd.DataFrame, user_ids: np.ndarray, history_end_ts: int) -> np.ndarray:
     """Classic RFM of each user's history (not in the paper): (n_users, 3) float32.
 
-    Columns, with months of 30.4375 days (:data:`MONTH_SECONDS`):
+    Columns, with months of 30.4375 days (:data:`lurm_lite.periods.MONTH_SECONDS`):
 
     - recency: months from the user's last behaviour to ``history_end_ts``;
     - frequency: log(1 + number of the user's behaviours);

@@ -20,7 +20,6 @@ per user; memory is bounded by one chunk of users plus the output.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -28,11 +27,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from lurm_lite.runs import save_npz
-
-DAY_SECONDS = 86_400
-LIFE = "life"  # granularity of whole_life_boi: one period per user
-_FIXED_INTERVAL = re.compile(r"^([1-9][0-9]*)d$")
+from lurm_lite.io import save_npz
+from lurm_lite.periods import DAY_SECONDS, LIFE, coarser_period, month_of_day, nests, parse_granularity, period_days, period_index
 _MAX_BLOCK_BEHAVIORS = 1 << 15  # behaviours per block: its temporaries stay in the L2 cache (~12% faster than 2^16)
 
 
@@ -94,18 +90,13 @@ def load_boi(path: str | Path) -> BoISequences:
 
 
 # ---------------------------------------------------------------------------------------
-# Periods: calendar month, calendar year, fixed interval of N days
+# Periods of the behaviours (what a period is: lurm_lite.periods)
 # ---------------------------------------------------------------------------------------
 
 
-def _check_granularity(granularity: str) -> None:
-    if granularity not in ("month", "year", LIFE) and not _FIXED_INTERVAL.match(granularity):
-        raise ValueError(f"granularity must be 'month', 'year' or '<N>d' (e.g. '7d'); got {granularity!r}")
-
-
 class _MonthOfDay:
-    """Day index (days since 1970-01-01) -> calendar month index (months since 1970-01), as a
-    lookup table over the days seen so far, grown on demand (one gather per behaviour)."""
+    """Day index (days since 1970-01-01) -> calendar month index (:func:`periods.month_of_day`),
+    as a lookup table over the days seen so far, grown on demand (one gather per behaviour)."""
 
     def __init__(self) -> None:
         self.first_day = 0
@@ -117,21 +108,14 @@ class _MonthOfDay:
             if len(self.table):
                 lo, hi = min(lo, self.first_day), max(hi, self.first_day + len(self.table))
             margin = max(hi - lo, 3660)  # ten years or more of slack, so the table is rarely rebuilt
-            day_range = np.arange(lo - margin, hi + margin)
-            self.table = day_range.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+            self.table = month_of_day(np.arange(lo - margin, hi + margin))
             self.first_day = lo - margin
         return self.table[days - self.first_day]
 
 
-def period_index(ts: np.ndarray, granularity: str) -> np.ndarray:
-    """Period of each timestamp (unix seconds, UTC): months since 1970-01 (``month``), years
-    since 1970 (``year``), ``ts // (N * 86400)`` (``<N>d``), 0 (``life``). (n,) int64."""
-    _check_granularity(granularity)
-    return _periods(np.asarray(ts, dtype=np.int64), (granularity,), _MonthOfDay())[granularity]
-
-
 def _periods(ts: np.ndarray, granularities: Sequence[str], month_of_day: _MonthOfDay) -> dict[str, np.ndarray]:
-    """Period index of every behaviour at every granularity: (n,) int64 each."""
+    """:func:`periods.period_index` of every behaviour ts (n,) at every granularity: (n,) int64 each,
+    the calendar month looked up once for month and year."""
     out = {}
     if "month" in granularities or "year" in granularities:
         month = month_of_day(ts // DAY_SECONDS)  # (n,)
@@ -140,41 +124,16 @@ def _periods(ts: np.ndarray, granularities: Sequence[str], month_of_day: _MonthO
         if "year" in granularities:
             out["year"] = month // 12
     for granularity in granularities:
-        if granularity == LIFE:
-            out[granularity] = np.zeros(len(ts), dtype=np.int64)
-        elif match := _FIXED_INTERVAL.match(granularity):
-            out[granularity] = ts // (int(match.group(1)) * DAY_SECONDS)
+        if granularity not in out:
+            out[granularity] = period_index(ts, granularity)
     return out
-
-
-def _period_days(granularity: str) -> float:
-    """Typical length of a period in days, to order granularities from fine to coarse."""
-    lengths = {"month": 30.44, "year": 365.25, LIFE: np.inf}
-    return lengths[granularity] if granularity in lengths else int(granularity[:-1])
-
-
-def _nests(fine: str, coarse: str) -> bool:
-    """Whether every period of ``coarse`` is a union of whole periods of ``fine``."""
-    if coarse == LIFE or (fine, coarse) == ("month", "year"):
-        return fine != coarse
-    fine_days, coarse_days = _FIXED_INTERVAL.match(fine), _FIXED_INTERVAL.match(coarse)
-    return bool(fine_days and coarse_days) and fine != coarse and int(coarse_days[1]) % int(fine_days[1]) == 0
 
 
 def _sources(granularities: Sequence[str]) -> dict[str, str | None]:
     """{granularity: the coarsest other requested granularity nesting in it (its rows are
     built from that one's rows), or None (rows from the behaviours)}, finer before coarser."""
-    ordered = sorted(dict.fromkeys(granularities), key=_period_days)
-    return {g: max((f for f in ordered if _nests(f, g)), key=_period_days, default=None) for g in ordered}
-
-
-def _coarser_period(period: np.ndarray, fine: str, coarse: str) -> np.ndarray:
-    """Periods of ``coarse`` from those of a ``fine`` that nests in it (:func:`_nests`)."""
-    if coarse == LIFE:
-        return np.zeros_like(period)
-    if fine == "month":  # coarse is "year"
-        return period // 12
-    return period // (int(coarse[:-1]) // int(fine[:-1]))  # "<N>d" -> "<kN>d"
+    ordered = sorted(dict.fromkeys(granularities), key=period_days)
+    return {g: max((f for f in ordered if nests(f, g)), key=period_days, default=None) for g in ordered}
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,7 +334,7 @@ def _count_block(user_ids, item_ids, ts, assignment, n_interests, sources, month
         if source is None:
             first[granularity], row_user[granularity], row_period[granularity] = _rows(user_ids, periods[granularity])
         else:
-            fine_period = _coarser_period(row_period[source], source, granularity)  # (R_f,)
+            fine_period = coarser_period(row_period[source], source, granularity)  # (R_f,)
             fine_row, row_user[granularity], row_period[granularity] = _rows(row_user[source], fine_period)
             first[granularity] = first[source][fine_row]
         row_len = _run_lengths(first[granularity], n)  # (R_g,)
@@ -446,7 +405,7 @@ def build_boi_streaming(
     """
     granularities = tuple(granularities)
     for granularity in granularities:
-        _check_granularity(granularity)
+        parse_granularity(granularity)
     assignment = _normalise_assignment(assignment, n_interests)
     month_of_day = _MonthOfDay()
     sources = _sources(granularities)
@@ -594,7 +553,7 @@ def load_boi_parquet(path: str | Path, granularity: str, n_interests: int,
     """
     import pyarrow.dataset as ds
 
-    _check_granularity(granularity)
+    parse_granularity(granularity)
     dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
     written = sorted({part.split("=", 1)[1] for file in dataset.files for part in Path(file).parts
                       if part.startswith("granularity=")})

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from lurm_lite import runs
-from lurm_lite.runs import RunPaths, load_json, save_json
+from lurm_lite.io import load_json, save_json
+from lurm_lite.runs import RunPaths
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 BUILTIN_DATASETS = ("synthetic", "movielens")

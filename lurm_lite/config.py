@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from lurm_lite.periods import DAY_SECONDS
+
 SCALES = ("tiny", "default", "paper")
-DAY_SECONDS = 86_400
 
 
 @dataclass

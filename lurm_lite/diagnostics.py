@@ -42,7 +42,7 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.preprocessing import StandardScaler
 
-from lurm_lite import downstream, runs
+from lurm_lite import downstream, io
 from lurm_lite.boi import BoISequences
 from lurm_lite.config import DownstreamConfig, UserTrainingConfig
 from lurm_lite.user_training import PairSampler, encode_stages, encode_users, inference  # the trainer's views and encoder
@@ -267,7 +267,7 @@ def view_retrieval_top1(model, boi: Mapping[str, BoISequences], user_ids: np.nda
     ``np.random.default_rng(seed)`` draws users and views: no global RNG is touched.
     """
 
-    dev = runs.device(str(device) if device is not None else "auto")
+    dev = io.device(device)
     sampler = PairSampler(dict(boi), model.scales, train_config)
     base = boi[model.scales[0]]
     positions = np.asarray(sampler.users, dtype=np.int64)

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from data_prep.schema import Dataset, load_dataset
-from lurm_lite import baselines, downstream, results, runs
+from lurm_lite import baselines, downstream, io, results
 from lurm_lite.boi import load_boi
 from lurm_lite.config import DownstreamConfig, for_scale
 from lurm_lite.runs import MissingPrerequisite, RunPaths
@@ -81,7 +81,7 @@ def _boi(inputs: _Inputs) -> sp.csr_matrix:
 def _lurm_2m(inputs: _Inputs) -> np.ndarray:
     run = inputs.run
     run.require(run.smen, notebook="04_smen")
-    device = runs.device(str(inputs.device))
+    device = io.device(inputs.device)
     model = load_smen(run.smen, device)
     run.require(*(run.boi(scale) for scale in model.scales), notebook="03_interests_boi")
     boi = {scale: load_boi(run.boi(scale)) for scale in model.scales}

@@ -25,10 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lurm_lite import io
 from lurm_lite.config import ItemEmbeddingConfig
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
-from lurm_lite.runs import device as pick_device
-from lurm_lite.runs import seed_everything
 from lurm_lite.text import PAD_ID, unique_title_share
 
 # Auto item-id path: on when fewer than this share of items have an encoded title no other item
@@ -217,7 +216,7 @@ def train_item_encoder(
         behaviors_df: HISTORY-window behaviours only (``Dataset.history()``), columns
             ``user_id``, ``item_id``, ``ts``, sorted by (user_id, ts).
         config: :class:`~lurm_lite.config.ItemEmbeddingConfig` (H = ``dim``, tau, beta, ...).
-        device: passed to :func:`lurm_lite.runs.device` ("auto", "cpu", "cuda", ...).
+        device: passed to :func:`lurm_lite.io.device` ("auto", "cpu", "cuda", ...).
         seed: seeds the pair sampler and the model initialisation.
         vocab_size: rows of the word table, ``len(vocab)``; default: the largest id in
             ``tokens`` + 1.
@@ -226,9 +225,9 @@ def train_item_encoder(
         The trained encoder (in eval mode; ``encoder.items`` is the table V when the id path is
         on, else None) and the loss of every mini-batch.
     """
-    seed_everything(seed)
+    io.seed_everything(seed)
     rng = np.random.default_rng(seed)
-    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    dev = io.device(device)
     vocab_size = vocab_size if vocab_size is not None else int(tokens.max()) + 1
     n_id_rows = len(tokens) if use_item_ids(config, tokens) else 0
     encoder = ItemEncoder(vocab_size, config.dim, sparse=config.sparse_word_grad, n_items=n_id_rows).to(dev)
@@ -274,7 +273,7 @@ def embed_items(
     device: str | torch.device = "auto",
 ) -> np.ndarray:
     """e_x of eq. (1) for every item: (n_items, H) float32, unit norm, in item-id order."""
-    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    dev = io.device(device)
     encoder = encoder.to(dev).eval()
     out = np.empty((len(tokens), encoder.words.embedding_dim), dtype=np.float32)  # (n_items, H)
     for start in range(0, len(tokens), batch_size):

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lurm_lite import analysis
+from lurm_lite import analysis, periods
 from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.smen import SMEN, ScaleBatch
 from lurm_lite.user_training import collate_views
@@ -36,7 +36,7 @@ ToyUsers = Mapping[str, Mapping[str, Mapping[int, int]]]  # user -> "YYYY-MM" ->
 
 def _month_ts(month: str) -> int:
     """Unix seconds of the first day of ``"YYYY-MM"``."""
-    return int(np.datetime64(month, "M").astype("datetime64[s]").astype(np.int64))
+    return int(periods.period_start_ts("month", np.array([periods.parse_month(month)]))[0])
 
 
 def toy_boi(users: ToyUsers, n_interests: int, granularities: Sequence[str] = ("month", "year")
@@ -54,7 +54,7 @@ def toy_boi(users: ToyUsers, n_interests: int, granularities: Sequence[str] = ("
                     raise ValueError(f"interest {j} of month {month} is outside 0..{n_interests - 1}")
                 user_ids += [k] * count
                 item_ids += [j] * count
-                ts += [_month_ts(month) + 86400 + 43200] * count
+                ts += [_month_ts(month) + periods.DAY_SECONDS + periods.DAY_SECONDS // 2] * count
     return build_boi(np.array(user_ids, np.int64), np.array(item_ids, np.int32), np.array(ts, np.int64),
                      np.arange(n_interests), n_interests, granularities=tuple(granularities))
 

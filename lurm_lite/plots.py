@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from lurm_lite.runs import atomic_path
+from lurm_lite.io import atomic_path
 
 sns.set_theme(style="whitegrid", context="notebook")
 

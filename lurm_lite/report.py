@@ -11,8 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from lurm_lite.io import atomic_path, load_json
 from lurm_lite.results import load_results, results_markdown
-from lurm_lite.runs import RunPaths, atomic_path, load_json
+from lurm_lite.runs import RunPaths
 
 START = "<!-- results:start (python -m lurm_lite readme --run-dir DIR writes this block) -->"
 END = "<!-- results:end -->"

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from lurm_lite.runs import atomic_path, save_json
+from lurm_lite.io import atomic_path, save_json
 
 # --- the schema -------------------------------------------------------------------------
 

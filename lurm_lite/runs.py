@@ -1,13 +1,9 @@
-"""Run folders: layout, atomic save/load, results JSON, seeds and the compute device.
+"""Run folders: layout, stage stamps' fingerprints and the run-folder lock.
 
 Every notebook reads the artifacts of the notebooks before it from one run folder and
 writes its own there (DESIGN.md, "Data flow through the notebooks"). The file names live
 in :class:`RunPaths` only, so a notebook, the test suite and the ``run`` command agree on
-them. Every write goes to a temporary file in the same folder followed by ``os.replace``,
-so a killed run never leaves a half-written artifact behind: a file either is complete or
-is absent, and the stage that owns it can simply run again. Artifacts get the modes of an
-ordinary file under the process umask (0644 with the usual 022), so a shared run folder is
-readable by the team.
+them. How a file is written (atomically) or read lives in :mod:`lurm_lite.io`.
 
 :func:`file_sha256` and :func:`fingerprint_files` are what stage stamps are made of (the
 content of what a stage wrote, :mod:`lurm_lite.chain`), and :func:`run_folder_lock` keeps
@@ -23,14 +19,12 @@ import fcntl
 import hashlib
 import json
 import os
-import random
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-import numpy as np
+from lurm_lite.io import load_json
 
 
 class MissingPrerequisite(FileNotFoundError):
@@ -181,115 +175,6 @@ class RunPaths:
 
 
 # ---------------------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
-
-    The temporary file keeps ``path``'s suffix, so libraries that infer a format from it
-    (``np.save``, ``torch.save``, pyarrow) behave as for the final name. On an exception
-    the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide shared artifacts
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux exposes it (thread-safe)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: set and restore, the only portable way to read it
-    os.umask(mask)
-    return mask
-
-
-def save_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (numpy scalars and arrays converted)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    return Path(path)
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """``np.save`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(array))
-    return Path(path)
-
-
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """``np.savez`` (uncompressed) atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    return Path(path)
-
-
-def save_torch(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` atomically (checkpoints, encoders)."""
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
-class UnsafeArtifact(ValueError):
-    """A torch file holds more than tensors and plain data, so it is not opened."""
-
-
-def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain data only.
-
-    Opening a shared run folder must not run code, and a full unpickler would run whatever
-    a ``.pt`` file asks it to. A file that holds other objects (written by an older
-    lurm_lite, or crafted) raises :class:`UnsafeArtifact` naming the file.
-    """
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1][:200]
-        raise UnsafeArtifact(
-            f"{path} holds objects other than tensors and plain data, so it is not opened "
-            f"(torch: {reason}); rerun the stage that writes it (e.g. --force) to rewrite it"
-        ) from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
-
-
-# ---------------------------------------------------------------------------------------
 # Content fingerprints (stage stamps)
 # ---------------------------------------------------------------------------------------
 
@@ -303,7 +188,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def list_files(folder: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
     """``{relative posix path: (size, mtime_ns)}`` of the files under ``folder``.
 
-    Hidden names (temporary files of :func:`atomic_path`, the lock) and the top-level
+    Hidden names (temporary files of :func:`lurm_lite.io.atomic_path`, the lock) and the top-level
     entries named in ``skip`` are left out.
     """
     folder = Path(folder)
@@ -418,42 +303,3 @@ def run_folder_lock(root: str | os.PathLike, log=print) -> Iterator[bool]:
             os.ftruncate(fd, 0)  # an empty record: released cleanly, nothing stale to report
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------
-# Seeds and device
-# ---------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and every CUDA device) for reproducible runs."""
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return
-    torch.manual_seed(seed)
-
-
-def device(preference: str = "auto"):
-    """The one place that picks the compute device (DESIGN.md, performance principles).
-
-    ``"auto"`` picks cuda, then mps, then cpu; any other value (``"cpu"``, ``"cuda"``,
-    ``"cuda:1"``, ``"mps"``) is taken as given, with a clear error when it is absent.
-    """
-    import torch
-
-    if preference in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    chosen = torch.device(preference)
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE={preference!r} was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'.")
-    if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"DEVICE={preference!r} was asked for but MPS is not available; use 'auto' or 'cpu'.")
-    return chosen

@@ -43,10 +43,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import runs
-from lurm_lite.boi import BoISequences, period_index
+from lurm_lite import io
+from lurm_lite.boi import BoISequences
+from lurm_lite.periods import month_name, parse_month, period_index, period_start_ts
 from lurm_lite.smen import SMEN, collate_matrix, row_ranges
-from lurm_lite.user_training import Timeline, collate_views, inference, period_start_ts
+from lurm_lite.user_training import Timeline, collate_views, inference
 
 NOT_STARTED = np.iinfo(np.int64).min  # first_month of a user with no behaviour yet: no timeline
 STATE_FORMAT = 1
@@ -89,18 +90,6 @@ class UserState:
         if self.h_year is not None:
             arrays += [self.h_year, self.open_counts.data, self.open_counts.indices, self.open_counts.indptr]
         return int(sum(a.nbytes for a in arrays))
-
-
-def month_name(month: int) -> str:
-    """'YYYY-MM' of a month index (months since 1970-01)."""
-    return str(np.datetime64(int(month), "M"))
-
-
-def _month_index(month: int | str) -> int:
-    """A month given as an index (months since 1970-01) or 'YYYY-MM' -> the index."""
-    if isinstance(month, str):
-        return int(np.datetime64(month, "M").astype(np.int64))
-    return int(month)
 
 
 def model_fingerprint(model: SMEN) -> str:
@@ -182,7 +171,7 @@ def init_state(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray,
     first behaviour).
     """
     _check_model(model)
-    dev = runs.device(str(device) if device is not None else "auto")
+    dev = io.device(device)
     base = Timeline(boi["month"])
     seqs = base.seqs
     user_ids = np.unique(np.asarray(user_ids, dtype=np.int64))
@@ -235,7 +224,7 @@ def representations(model: SMEN, state: UserState, device: torch.device | str | 
     ``encode_users(model, boi, state.user_ids, device, history_end_ts=state.history_end_ts)``.
     """
     _check_state(model, state)
-    return _representations(model, state, runs.device(str(device) if device is not None else "auto"), batch_size)
+    return _representations(model, state, io.device(device), batch_size)
 
 
 def _representations(model: SMEN, state: UserState, dev: torch.device, batch_size: int) -> np.ndarray:
@@ -290,8 +279,8 @@ def update(model: SMEN, state: UserState, month_boi: BoISequences, month: int | 
     previous state on disk). R^ rows follow the new state's ``user_ids``.
     """
     _check_state(model, state)
-    dev = runs.device(str(device) if device is not None else "auto")
-    month = _month_index(month)
+    dev = io.device(device)
+    month = parse_month(month)
     if month != state.month + 1:
         raise ValueError(f"the state is at the end of {month_name(state.month)}: the next update is for "
                          f"{month_name(state.month + 1)}, not {month_name(month)} (apply months in order, one "
@@ -339,7 +328,7 @@ def update(model: SMEN, state: UserState, month_boi: BoISequences, month: int | 
 
 def save_state(path: str | Path, state: UserState) -> Path:
     """Write the state atomically as one uncompressed ``.npz`` (a failed or killed write
-    leaves the previous file as it was: :func:`lurm_lite.runs.atomic_path`)."""
+    leaves the previous file as it was: :func:`lurm_lite.io.atomic_path`)."""
     arrays = dict(format=np.asarray(STATE_FORMAT), user_ids=state.user_ids, first_month=state.first_month,
                   h_month=state.h_month, month=np.asarray(state.month, dtype=np.int64),
                   scales=np.asarray(state.scales), model_fingerprint=np.asarray(state.model_fingerprint))
@@ -347,7 +336,7 @@ def save_state(path: str | Path, state: UserState) -> Path:
         c = state.open_counts.tocsr()
         arrays.update(h_year=state.h_year, open_data=c.data, open_indices=c.indices, open_indptr=c.indptr,
                       open_shape=np.asarray(c.shape, dtype=np.int64))
-    return runs.save_npz(path, **arrays)
+    return io.save_npz(path, **arrays)
 
 
 def load_state(path: str | Path) -> UserState:

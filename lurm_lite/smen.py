@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lurm_lite.boi import BoISequences
-from lurm_lite.runs import load_torch, save_torch
+from lurm_lite.io import load_torch, save_torch
 
 # ---------------------------------------------------------------------------------------
 # 1. The input: a batch of BoI sequences of one granularity as flat tensors
@@ -474,8 +474,8 @@ def save_smen(path: str | Path, model: SMEN) -> Path:
 def load_smen(path: str | Path, device: torch.device | str = "cpu") -> SMEN:
     """Read a model written by ``save_smen``, in eval mode on ``device``.
 
-    Loaded with ``weights_only=True`` (:func:`lurm_lite.runs.load_torch`): a file holding
-    other Python objects raises :class:`lurm_lite.runs.UnsafeArtifact` instead of running them.
+    Loaded with ``weights_only=True`` (:func:`lurm_lite.io.load_torch`): a file holding
+    other Python objects raises :class:`lurm_lite.io.UnsafeArtifact` instead of running them.
     """
     saved = load_torch(path, map_location=device)
     model = SMEN(**saved["kwargs"])

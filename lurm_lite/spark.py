@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import shutil
 import sys
 import warnings
@@ -39,10 +38,10 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from lurm_lite.boi import LIFE, boi_from_arrow
-from lurm_lite.config import DAY_SECONDS
+from lurm_lite.boi import boi_from_arrow
+from lurm_lite.periods import DAY_SECONDS, LIFE, parse_granularity, period_start_ts
 from lurm_lite.smen import SMEN
-from lurm_lite.user_training import encode_users, period_start_ts
+from lurm_lite.user_training import encode_users
 
 try:
     from pyspark import TaskContext
@@ -56,7 +55,6 @@ BEHAVIOR_COLUMNS = ("user_id", "item_id", "ts")  # the data contract, data_prep/
 BEHAVIOR_EXAMPLE = "user_id=42 (int64), item_id=7 (int32), ts=1199145600 (int64 unix seconds UTC)"
 BOI_SCHEMA = "granularity string, user_id long, period long, indices array<int>, values array<float>"
 REPS_SCHEMA = "user_id long, representation array<float>"
-_FIXED_INTERVAL = re.compile(r"^([1-9][0-9]*)d$")
 _INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _LOCAL_DEFAULTS = {  # a laptop or CI run: quiet, no web UI, few shuffle partitions, Arrow transfers
     "spark.ui.enabled": "false",
@@ -110,19 +108,17 @@ def session(master: str | None = "local[2]", builder: SparkSession.Builder | Non
 
 
 def period_column(ts: Column, granularity: str) -> Column:
-    """:func:`lurm_lite.boi.period_index` as a Spark column: months since 1970-01 (``month``),
+    """:func:`lurm_lite.periods.period_index` as a Spark column: months since 1970-01 (``month``),
     years since 1970 (``year``), ts // (N days) (``<N>d``), 0 (``life``). Calendar periods
     come from the UTC day (a DATE), so the session time zone plays no part."""
+    days = parse_granularity(granularity)
     if granularity in ("month", "year"):
         day = F.date_from_unix_date(F.floor(ts / DAY_SECONDS).cast("int"))
         years = F.year(day) - 1970
         return (years if granularity == "year" else years * 12 + F.month(day) - 1).cast("long")
     if granularity == LIFE:
         return F.lit(0).cast("long")
-    match = _FIXED_INTERVAL.match(granularity)
-    if not match:
-        raise ValueError(f"granularity must be 'month', 'year' or '<N>d' (e.g. '7d'); got {granularity!r}")
-    return F.floor(ts / (int(match.group(1)) * DAY_SECONDS)).cast("long")
+    return F.floor(ts / (days * DAY_SECONDS)).cast("long")
 
 
 def read_behaviors(spark: SparkSession, path: str | Sequence[str]) -> DataFrame:

@@ -47,30 +47,16 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from lurm_lite import runs
-from lurm_lite.boi import BoISequences, period_index
-from lurm_lite.config import DAY_SECONDS, SMENConfig, UserTrainingConfig
+from lurm_lite import io
+from lurm_lite.boi import BoISequences
+from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
+from lurm_lite.periods import period_index, period_start_ts, window_start_ts
 from lurm_lite.smen import SMEN, ScaleBatch, collate_matrix, collate_rows, row_ranges, save_smen
 
 # ---------------------------------------------------------------------------------------
-# Periods in time, and windows of rows
+# Windows of rows
 # ---------------------------------------------------------------------------------------
-
-
-def period_start_ts(granularity: str, period: np.ndarray) -> np.ndarray:
-    """Unix seconds at which each period index starts (boi.py's period convention).
-
-    ``month``: months since 1970-01; ``year``: years since 1970; ``<N>d``: ts // (N days).
-    """
-    period = np.asarray(period, dtype=np.int64)
-    if granularity == "month":
-        return period.astype("datetime64[M]").astype("datetime64[s]").astype(np.int64)
-    if granularity == "year":
-        return period.astype("datetime64[Y]").astype("datetime64[s]").astype(np.int64)
-    if granularity.endswith("d") and granularity[:-1].isdigit():
-        return period * int(granularity[:-1]) * DAY_SECONDS
-    raise ValueError(f"Unknown granularity {granularity!r}: use 'month', 'year' or '<N>d'")
 
 
 _TS_BITS = 35  # a (user, time) pair packed into one sortable int64: user << 35 | (t + 2^34)
@@ -360,9 +346,9 @@ def _why_not_resume(ckpt: dict, inputs: dict, epochs: int) -> str | None:
 def _load_resumable(checkpoint_path: Path, inputs: dict, epochs: int, device: torch.device) -> dict | None:
     """The checkpoint at ``checkpoint_path`` when it may be resumed, else None with a printed reason."""
     try:
-        ckpt = runs.load_torch(checkpoint_path, map_location=device)
+        ckpt = io.load_torch(checkpoint_path, map_location=device)
         reason = _why_not_resume(ckpt, inputs, epochs) if isinstance(ckpt, dict) else "it is not a checkpoint"
-    except runs.UnsafeArtifact:
+    except io.UnsafeArtifact:
         reason = "it holds objects other than tensors and plain data (an older lurm_lite's format)"
     except (RuntimeError, EOFError, KeyError, OSError) as exc:
         reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
@@ -385,7 +371,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
 
     Args:
         boi: ``{granularity: BoISequences}`` holding every scale of ``smen_config.scales``.
-        device: passed to ``runs.device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+        device: passed to ``io.device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
         checkpoint_path: written atomically after every epoch (model, optimizers, RNG states,
             epoch, loss history, and what it was trained from: both configs, the seed and
             :func:`boi_fingerprint`), as plain data that loads with ``weights_only=True``.
@@ -410,7 +396,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
         (model in eval mode, ``{"step": loss per step, "epoch": mean loss per epoch,
         "eval": [{"epoch", "step", ...on_epoch_end's values}]}``).
     """
-    dev = runs.device(str(device) if device is not None else "auto")
+    dev = io.device(device)
     torch.manual_seed(seed)
     model = SMEN(boi[smen_config.scales[0]].n_interests, smen_config.hidden, smen_config.anchors,
                  smen_config.scales, sparse=smen_config.sparse_grad).to(dev)
@@ -461,7 +447,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
         if snapshots is not None and epoch + 1 in snapshots:  # before the checkpoint: a resumed run has it
             save_smen(snapshots[epoch + 1], model)
         if checkpoint_path is not None:
-            runs.save_torch(checkpoint_path, {
+            io.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                 "history": _plain(history), "rng": _rng_states(), "inputs": inputs,
@@ -475,15 +461,6 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
 # ---------------------------------------------------------------------------------------
 
 
-def _month_start_ts(ts: np.ndarray, months_back: int) -> np.ndarray:
-    """Start (unix s) of the month ``months_back`` months before the month after ts - 1.
-
-    With ts = 2018-01-01 00:00 and 12: 2017-01-01, i.e. [result, ts) is the last 12 months.
-    """
-    month = (np.asarray(ts, dtype=np.int64) - 1).astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
-    return period_start_ts("month", month + 1 - months_back)
-
-
 def _window(base: Timeline, user_ids: np.ndarray, last_months: int | None, history_end_ts: int | None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Finest-scale rows [lo, hi) of each user in the encoding window, and its end B (unix s)."""
@@ -493,7 +470,7 @@ def _window(base: Timeline, user_ids: np.ndarray, last_months: int | None, histo
     else:
         end = int(history_end_ts)
     B = np.full(len(user_ids), end, dtype=np.int64)
-    A = _month_start_ts(B, last_months) if last_months is not None else np.full_like(B, np.iinfo(np.int64).min)
+    A = window_start_ts(B, last_months) if last_months is not None else np.full_like(B, np.iinfo(np.int64).min)
     lo, hi = base.rows_in(k, A, B, inside=True)  # a period straddling A would count behaviour before it
     return lo, hi, B
 
@@ -546,7 +523,7 @@ def encode_users(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarray
     Users absent from ``boi`` or without behaviours in the window get the encoding of an
     empty sequence (r~ = 0 at every scale, hence R^ = 0).
     """
-    dev = runs.device(str(device) if device is not None else "auto")
+    dev = io.device(device)
     user_ids = np.asarray(user_ids, dtype=np.int64)
     reps = np.zeros((len(user_ids), model.anchors * model.hidden), dtype=np.float32)
     with inference(model):
@@ -571,7 +548,7 @@ def encode_stages(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarra
     Read with a probe per stage, it locates where a signal of b_T is lost: in the per-period
     encoding (eq. 5), in the time aggregation or in the scale switch.
     """
-    dev = runs.device(str(device) if device is not None else "auto")
+    dev = io.device(device)
     user_ids = np.asarray(user_ids, dtype=np.int64)
     size = model.anchors * model.hidden
     names = [f"{stage} {scale}" for scale in model.scales for stage in ("r", "r~")] + ["R^"]
@@ -601,7 +578,7 @@ def anchor_outputs(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarr
     finest, ``model.scales[0]``) and averaged over the periods: one point per (user, anchor).
     Users without periods get zeros.
     """
-    dev = runs.device(str(device) if device is not None else "auto")
+    dev = io.device(device)
     seqs = boi[scale or model.scales[0]]
     timeline = Timeline(seqs)
     lo, hi = timeline.whole_life(timeline.user_index(user_ids))
@@ -619,7 +596,7 @@ def anchor_outputs(model: SMEN, boi: dict[str, BoISequences], user_ids: np.ndarr
 
 def save_user_reps(path: str | Path, user_ids: np.ndarray, reps: np.ndarray) -> Path:
     """Write (user_ids (n,), reps (n, M*H)) atomically as ``.npz`` (``RunPaths.user_reps``)."""
-    return runs.save_npz(path, user_ids=np.asarray(user_ids, dtype=np.int64),
+    return io.save_npz(path, user_ids=np.asarray(user_ids, dtype=np.int64),
                          reps=np.asarray(reps, dtype=np.float32))
 
 

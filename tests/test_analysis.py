@@ -27,20 +27,6 @@ def ts(date: str) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def test_window_start_counts_calendar_months_back_from_the_history_end():
-    assert analysis.window_start_ts(ts("2018-01-01"), 12) == ts("2017-01-01")
-    assert analysis.window_start_ts(ts("2018-01-01"), 2) == ts("2017-11-01")
-    # an end inside a month: that month counts as the last one
-    assert analysis.window_start_ts(ts("2017-12-31"), 2) == ts("2017-11-01")
-    assert analysis.window_start_ts(ts("1998-01-01"), 60) == ts("1993-01-01")
-
-
-def test_history_span_in_months():
-    assert analysis.history_span_months(ts("2008-01-01"), ts("2018-01-01")) == 120
-    assert analysis.history_span_months(ts("1997-09-20"), ts("1998-01-01")) == 4  # MovieLens-100k
-    assert analysis.history_span_months(ts("2018-01-01"), ts("2018-01-01") + 1) == 1
-
-
 def test_length_windows_adapt_to_the_span_and_always_end_with_the_whole_life():
     assert analysis.length_windows(120) == [2, 6, 12, 24, 36, 48, 60, None]
     assert analysis.length_windows(30) == [2, 6, 12, 24, None]
@@ -148,7 +134,8 @@ def test_train_variant_encodes_every_user_and_caches(tmp_path):
 def test_notebook_04s_snapshot_is_the_reference_variant_and_is_used_only_when_it_is(tmp_path):
     """The model after epoch 1 of a 2-epoch run equals a fresh 1-epoch run; run_snapshot finds it only
     for the same seed and settings (08 then encodes it instead of training)."""
-    from lurm_lite.runs import RunPaths, save_json
+    from lurm_lite.io import save_json
+    from lurm_lite.runs import RunPaths
     from lurm_lite.user_training import train_smen
 
     boi, users = _toy_boi()

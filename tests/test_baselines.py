@@ -10,8 +10,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from data_prep.schema import date_to_ts
 from lurm_lite import baselines
-from lurm_lite.analysis import window_start_ts
 from lurm_lite.boi import build_boi
+from lurm_lite.periods import window_start_ts
 from lurm_lite.smen import SMEN
 from lurm_lite.user_training import encode_users
 

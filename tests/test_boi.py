@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lurm_lite.boi import build_boi, build_boi_streaming, load_boi, period_index, save_boi, whole_life_boi
+from lurm_lite.boi import build_boi, build_boi_streaming, load_boi, save_boi, whole_life_boi
+from lurm_lite.periods import period_index
 
 D = 7
 

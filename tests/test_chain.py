@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lurm_lite import chain, runs
+from lurm_lite import chain, io, runs
 
 QUIET = {"log": lambda _: None}
 
@@ -87,12 +87,12 @@ def test_a_stage_reruns_alone_when_an_earlier_stage_changed_its_outputs(fake):
     assert _run(fake, only=["03"], extra={"KMEANS_ITERATIONS": 5}) == {"03_interests": "ran"}
     reasons = _reasons(fake, only=["04"])
     assert "the outputs of 03_interests changed" in reasons["04_smen"]
-    assert runs.load_json(run.root / "model.json")["interests"] == 15
+    assert io.load_json(run.root / "model.json")["interests"] == 15
     assert _run(fake, only=["04"]) == {"04_smen": "skipped"}
     reasons = _reasons(fake)  # back to the default settings: 03 and then 04 again
     assert "KMEANS_ITERATIONS 5 -> None" in reasons["03_interests"]
     assert reasons["01_data"] == reasons["02_items"] == "skipped" and "03_interests" in reasons["04_smen"]
-    assert runs.load_json(run.root / "model.json")["interests"] == 3
+    assert io.load_json(run.root / "model.json")["interests"] == 3
 
 
 def test_a_failed_stage_leaves_no_stamp_and_runs_again_next_time(fake):
@@ -117,20 +117,20 @@ def test_hand_edited_outputs_and_a_changed_dataset_rerun_what_read_them(fake):
     reasons = _reasons(fake)
     assert "the dataset changed: log.csv" in reasons["01_data"]
     assert all("changed since it ran" in reasons[s] for s in ("02_items", "03_interests", "04_smen"))
-    assert runs.load_json(run_dir / "model.json")["interests"] == 4
+    assert io.load_json(run_dir / "model.json")["interests"] == 4
 
 
 def test_stamps_are_relative_so_a_copied_run_folder_skips_its_complete_stages(fake, monkeypatch):
     notebooks, dataset, run_dir = fake
     assert _run(fake) == ALL_RAN
-    stamp = runs.load_json(run_dir / "notebooks" / "04_smen.stamp.json")
+    stamp = io.load_json(run_dir / "notebooks" / "04_smen.stamp.json")
     assert stamp["parameters"]["RUN_DIR"] == "." and set(stamp["outputs"]) == {"model.json", "04_smen.json"}
     assert set(stamp["inputs"]) == {"01_data", "02_items", "03_interests"}
     assert all(str(run_dir) not in p.read_text() for p in (run_dir / "notebooks").glob("*.stamp.json"))
     copy = run_dir.parent / "copy"
     shutil.copytree(run_dir, copy, copy_function=shutil.copy)  # new mtimes: contents are hashed again
     assert _run(fake, run_dir=copy) == ALL_SKIPPED
-    copied = runs.load_json(copy / "notebooks" / "04_smen.stamp.json")["outputs"]["model.json"]
+    copied = io.load_json(copy / "notebooks" / "04_smen.stamp.json")["outputs"]["model.json"]
     assert copied["mtime_ns"] == (copy / "model.json").stat().st_mtime_ns, "new mtimes not recorded"
 
     # a read-only copy with nothing to do is a no-op; with something to do, a clear error

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lurm_lite import runs
+from lurm_lite import io
 from lurm_lite.boi import build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.smen import SMEN, load_smen, save_smen
@@ -65,7 +65,7 @@ def test_a_model_file_holding_a_pickled_object_is_refused_without_running_it(tmp
     model = SMEN(D, 8, 2, ("month", "year"))
     torch.save({"kwargs": model.init_kwargs(), "state_dict": model.state_dict(), "extra": _RunsCode(marker)},
                tmp_path / "smen.pt")
-    with pytest.raises(runs.UnsafeArtifact, match="smen.pt holds objects other than tensors"):
+    with pytest.raises(io.UnsafeArtifact, match="smen.pt holds objects other than tensors"):
         load_smen(tmp_path / "smen.pt")
     assert not marker.exists()
 

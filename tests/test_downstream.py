@@ -15,7 +15,8 @@ from data_prep.schema import Dataset, date_to_ts
 from lurm_lite import downstream
 from lurm_lite.config import DownstreamConfig, for_scale
 from lurm_lite.evaluate import evaluate_run, main
-from lurm_lite.runs import RunPaths, load_json, save_npy, save_npz
+from lurm_lite.io import load_json, save_npy, save_npz
+from lurm_lite.runs import RunPaths
 
 FAST = DownstreamConfig(max_epochs=40, patience=5, bootstrap=200)
 

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from lurm_lite import clustering, text
 from lurm_lite.config import (
-    DAY_SECONDS,
     ClusteringConfig,
     ItemEmbeddingConfig,
     TextConfig,
@@ -23,6 +22,7 @@ from lurm_lite.item_embedding import (
     train_item_encoder,
     use_item_ids,
 )
+from lurm_lite.periods import DAY_SECONDS
 
 
 def _sorted_log(rng, n_users=40, n=3000, days=60):

@@ -11,8 +11,9 @@ import papermill
 import pytest
 
 from lurm_lite import chain
+from lurm_lite.io import load_json
 from lurm_lite.results import load_results
-from lurm_lite.runs import RunPaths, load_json
+from lurm_lite.runs import RunPaths
 
 NOTEBOOKS = chain.chain_notebooks()
 COMMON = ("RUN_DIR", "SCALE", "DEVICE", "SEED")

@@ -10,7 +10,6 @@ the margins here are for a model trained for seconds).
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pandas as pd

@@ -11,7 +11,7 @@ import pytest
 from lurm_lite.downstream import TaskResults
 from lurm_lite.results import (collect_results, load_results, markdown_table, results_markdown, results_table,
                                save_results, table_frame, validate_results)
-from lurm_lite.runs import load_json
+from lurm_lite.io import load_json
 
 PER_METHOD = {
     "TF-IDF": {"t1": {"auc": 0.7862, "acc": 0.7721, "auc_ci95": [0.75, 0.81], "n_test": 40},

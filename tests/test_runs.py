@@ -1,46 +1,17 @@
-"""Run-folder helpers: atomic writes and their modes, weights-only torch loads, content
-fingerprints, the run-folder lock, the missing-prerequisite message, seeds, device."""
+"""Run-folder helpers: content fingerprints, the run-folder lock, the missing-prerequisite
+message, relative dataset records, the config scales."""
 
 import errno
 import hashlib
-import json
 import os
 import socket
-import stat
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from lurm_lite import runs
+from lurm_lite import io, runs
 from lurm_lite.config import for_scale, with_overrides
-
-
-def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
-    target = tmp_path / "results.json"
-    runs.save_json(target, {"ok": 1})
-    with pytest.raises(RuntimeError):
-        with runs.atomic_path(target) as tmp:
-            tmp.write_text('{"half": ')
-            raise RuntimeError("killed mid-write")
-    assert json.loads(target.read_text()) == {"ok": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"], "temporary file left behind"
-
-
-def test_save_helpers_round_trip(tmp_path):
-    array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    runs.save_npy(tmp_path / "a.npy", array)
-    runs.save_npz(tmp_path / "b.npz", x=array, ids=np.array([3, 1]))
-    runs.save_torch(tmp_path / "c.pt", {"w": torch.ones(2)})
-    runs.save_json(tmp_path / "d.json", {"v": np.float32(0.5), "a": np.array([1, 2])})
-    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), array)
-    with np.load(tmp_path / "b.npz") as f:
-        np.testing.assert_array_equal(f["ids"], [3, 1])
-    assert torch.equal(torch.load(tmp_path / "c.pt")["w"], torch.ones(2))
-    assert runs.load_json(tmp_path / "d.json") == {"v": 0.5, "a": [1, 2]}
 
 
 def test_require_names_the_missing_file_and_the_notebook_to_run(tmp_path):
@@ -49,25 +20,6 @@ def test_require_names_the_missing_file_and_the_notebook_to_run(tmp_path):
         run.require(run.item_embeddings, notebook="02_item_embedding")
     message = str(err.value)
     assert "item_embeddings.npy" in message and "02_item_embedding.ipynb" in message
-
-
-def test_seed_everything_makes_numpy_and_torch_repeat():
-    runs.seed_everything(7)
-    first = (np.random.rand(3), torch.rand(3))
-    runs.seed_everything(7)
-    second = (np.random.rand(3), torch.rand(3))
-    np.testing.assert_array_equal(first[0], second[0])
-    assert torch.equal(first[1], second[1])
-
-
-def test_device_auto_falls_back_to_cpu_and_refuses_absent_cuda():
-    chosen = runs.device("auto")
-    assert chosen.type in {"cuda", "mps", "cpu"}
-    assert runs.device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        assert chosen.type in {"mps", "cpu"}
-        with pytest.raises(RuntimeError, match="no CUDA GPU"):
-            runs.device("cuda")
 
 
 def test_scales_and_overrides():
@@ -81,40 +33,6 @@ def test_scales_and_overrides():
         with_overrides(tiny.item, not_a_field=1)
     with pytest.raises(ValueError, match="Unknown scale"):
         for_scale("huge")
-
-
-def test_artifacts_get_the_umask_modes_not_mkstemps_0600(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        runs.save_json(tmp_path / "a.json", {"x": 1})
-        runs.save_npy(tmp_path / "b.npy", np.zeros(2))
-        os.umask(0o027)
-        runs.save_torch(tmp_path / "c.pt", {"w": torch.ones(1)})
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o640
-
-
-def test_load_torch_reads_plain_data_and_refuses_a_pickled_object(tmp_path):
-    runs.save_torch(tmp_path / "ok.pt", {"w": torch.ones(2), "kwargs": {"scales": ("month",), "n": 3}})
-    assert runs.load_torch(tmp_path / "ok.pt")["kwargs"] == {"scales": ("month",), "n": 3}
-    marker = tmp_path / "code_ran"
-    torch.save({"w": torch.ones(2), "x": _Touches(marker)}, tmp_path / "bad.pt")
-    with pytest.raises(runs.UnsafeArtifact, match=r"bad\.pt holds objects other than tensors"):
-        runs.load_torch(tmp_path / "bad.pt")
-    assert not marker.exists()
-
-
-class _Touches:
-    """Unpickling this creates ``marker``: code a crafted file would run under a full unpickler."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def test_fingerprint_reuses_a_known_hash_only_while_size_and_mtime_match(tmp_path):
@@ -181,7 +99,7 @@ def test_an_unwritable_run_folder_is_read_without_the_lock(tmp_path, monkeypatch
 
 def test_dataset_dir_recorded_relative_is_read_from_the_run_folder(tmp_path):
     run = runs.RunPaths(tmp_path / "copy").make()
-    runs.save_json(run.stage_json("01_data"), {"dataset_dir": run.relative(run.dataset)})
-    assert runs.load_json(run.stage_json("01_data"))["dataset_dir"] == "dataset"
+    io.save_json(run.stage_json("01_data"), {"dataset_dir": run.relative(run.dataset)})
+    assert io.load_json(run.stage_json("01_data"))["dataset_dir"] == "dataset"
     assert run.dataset_dir() == run.root / "dataset"
     assert run.relative(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lurm_lite import runs, serving
+from lurm_lite import io, serving
 from lurm_lite.boi import build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.smen import SMEN
@@ -152,7 +152,7 @@ def test_state_round_trips_and_a_failed_save_leaves_the_old_file(events, model, 
         fh.write(b"PK\x03\x04 half an archive")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(runs.np, "savez", killed_mid_write)
+    monkeypatch.setattr(io.np, "savez", killed_mid_write)
     with pytest.raises(OSError, match="simulated"):
         serving.save_state(path, after)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["state.npz"]

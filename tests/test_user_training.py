@@ -15,7 +15,7 @@ from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig, for_scale
 from lurm_lite.smen import collate_rows
 from lurm_lite.user_training import (PairSampler, Timeline, anchor_outputs, encode_stages, encode_users,
-                                     load_user_reps, period_start_ts, save_user_reps, train_smen)
+                                     load_user_reps, save_user_reps, train_smen)
 
 SMEN_TINY = SMENConfig(hidden=8, anchors=3)
 TRAIN_TINY = UserTrainingConfig(batch_size=32, epochs=2, min_subseq_periods=4, max_periods=24)
@@ -68,12 +68,6 @@ def boi(events):
 def trained(boi):
     model, history = train_smen(boi, SMEN_TINY, TRAIN_TINY, "cpu", seed=0, progress=False)
     return model, history
-
-
-def test_period_start_ts_follows_the_boi_period_convention():
-    assert period_start_ts("month", np.array([0, 48 * 12 + 1])).tolist() == [0, ts("2018-02-01")]
-    assert period_start_ts("year", np.array([48])).tolist() == [ts("2018-01-01")]
-    assert period_start_ts("7d", np.array([3])).tolist() == [3 * 7 * 86_400]
 
 
 def _rows_of(timeline: Timeline, k: int, A: int, B: int, inside: bool = False) -> int:
