@@ -52,7 +52,7 @@ from lurm_lite.user_training import PairSampler, encoding_batches, load_user_rep
 
 def stage_breakdown(run: RunPaths) -> dict:
     """Seconds per notebook and, where its JSON records them, per part of it."""
-    stages = {name: {"seconds": seconds} for name, seconds in load_json(run.root / "chain.json")["stage_seconds"].items()}
+    stages = {name: {"seconds": seconds} for name, seconds in load_json(run.chain_log)["stage_seconds"].items()}
     smen = load_json(run.stage_json("04_smen"))
     curve = [point.get("probe_seconds", 0.0) for point in smen.get("learning_curve", [])]
     stages.get("04_smen", {}).update({

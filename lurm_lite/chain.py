@@ -264,7 +264,7 @@ def prepare_dataset(dataset: str, scale: str, seed: int, out_dir: str | Path) ->
 
 def _record_timings(run: RunPaths, stages: dict[str, Any]) -> None:
     """Keep the latest run time of every stage in ``RUN_DIR/chain.json`` (skipped stages keep theirs)."""
-    path = run.root / "chain.json"
+    path = run.chain_log
     seconds = load_json(path)["stage_seconds"] if path.exists() else {}
     seconds.update({stem: info["seconds"] for stem, info in stages.items() if info["status"] == "ran"})
     save_json(path, {"stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)})
@@ -274,7 +274,7 @@ def _record_timings(run: RunPaths, stages: dict[str, Any]) -> None:
 # Stage stamps: what a stage read and wrote
 # ---------------------------------------------------------------------------------------
 
-CHAIN_FILES = ("notebooks", "chain.json")  # the runner's own files, never a stage's output
+CHAIN_FILES = (RunPaths(".").notebooks.name, RunPaths(".").chain_log.name)  # the runner's own files, never a stage's output
 
 
 def _stamp_path(run: RunPaths, stem: str) -> Path:

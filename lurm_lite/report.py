@@ -27,7 +27,7 @@ def results_block(run: RunPaths, figure_dir: Path, readme_dir: Path) -> str:
     """Markdown for README: timings, the results table and the figures of ``run``."""
     run.require(run.results, notebook="05_downstream")
     lines = [START, ""]
-    chain = run.root / "chain.json"
+    chain = run.chain_log
     if chain.exists():
         timings = load_json(chain)
         stages = ", ".join(f"{stem.split('_', 1)[0]}: {sec:.0f} s" for stem, sec in timings["stage_seconds"].items())

@@ -55,7 +55,10 @@ class RunPaths:
     - 04_smen: ``smen.pt`` (final model), ``smen_ckpt.pt`` (resume checkpoint),
       ``user_reps.npz`` (user_ids, reps (n_users, M*H) float32), ``smen_loss.json``,
       ``smen_ep<E>.pt`` (the model after E epochs, reused by 08 as its E-epoch reference)
-    - 05_downstream and later: ``results.json`` and per-notebook ``NN_*.json``
+    - 05_downstream and later: ``results.json`` and per-notebook ``NN_*.json``; 08 caches its
+      retrained variants in ``ablations/``, 09 writes Spark's part files in ``spark/``
+
+    The chain's own files: ``notebooks/`` (executed copies and stamps), ``chain.json`` (stage times).
     """
 
     root: Path
@@ -75,6 +78,18 @@ class RunPaths:
     @property
     def dataset(self) -> Path:
         return self.root / "dataset"
+
+    @property
+    def ablations(self) -> Path:
+        return self.root / "ablations"
+
+    @property
+    def spark(self) -> Path:
+        return self.root / "spark"
+
+    @property
+    def chain_log(self) -> Path:
+        return self.root / "chain.json"
 
     # stage artifacts
     @property
