@@ -64,3 +64,46 @@ def test_make_lab_passes_allow_root_only_to_root(tmp_path):
                          check=True).stdout
     assert "jupyter lab --notebook-dir=notebooks" in out
     assert ("--allow-root" in out) == (os.getuid() == 0)
+
+
+def _layers_of_architecture_map() -> dict[str, int]:
+    """docs/architecture.md's layer table as {module: layer}: ``lurm_lite.x`` and ``data_prep.y``."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("### Layers", 1)[1].split("\n\n", 2)[1]
+    layers: dict[str, int] = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        layer = int(cells[0].split(".", 1)[0])
+        for name in re.findall(r"`([a-z_/*]+)`", cells[1]):
+            if name == "data_prep/*":
+                layers |= {f"data_prep.{p.stem}": layer for p in (ROOT / "data_prep").glob("*.py") if p.stem != "__init__"}
+            else:
+                layers[f"lurm_lite.{name}"] = layer
+    return layers
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """The lurm_lite / data_prep modules ``path`` imports anywhere (function bodies included)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            module = node.module if node.level == 0 else f"{package}.{node.module}"
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m.split(".")[0] in ("lurm_lite", "data_prep")}
+
+
+def test_every_module_is_on_the_architecture_map_and_imports_only_its_layer_and_below():
+    layers = _layers_of_architecture_map()
+    modules = {f"{package}.{p.stem}": p for package in ("lurm_lite", "data_prep")
+               for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}
+    assert sorted(set(modules) - set(layers)) == [], "modules missing from docs/architecture.md's layer table"
+    assert sorted(set(layers) - set(modules)) == [], "the layer table names modules that do not exist"
+    upward = [f"{name} (layer {layers[name]}) imports {target} (layer {layers[target]})"
+              for name, path in modules.items() for target in _imported_modules(path, name.split(".")[0])
+              if target in layers and layers[target] > layers[name]]
+    assert upward == []
