@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from lurm_lite.config import ITEMS_PER_INTEREST, ClusteringConfig
 from lurm_lite.text import tokenize
@@ -350,9 +351,9 @@ def interest_labels(item_interest: np.ndarray | sp.spmatrix, items: pd.DataFrame
       p_j(w) the share of the interest's mass whose title holds w (``text.tokenize``) and
       df(w) the number of items whose title holds it. Left out: words of fewer than 2 titles
       (item keys of fallback titles ``item <key> <category>``), words of more than half of
-      the titles (``item`` of those fallbacks, stop words), digit-only words and the words
-      of the label's own category; so an ids-only or empty title adds no word. No word
-      left: no word part.
+      the titles (``item`` of those fallbacks), English stop words (scikit-learn's list:
+      ``and``, ``the``, ``of``...), digit-only words and the words of the label's own
+      category; so an ids-only or empty title adds no word. No word left: no word part.
 
     Returns a list of D strings: ``"j Category: w1, w2"``, ``"j: w1, w2"`` (no category),
     ``"j Category"`` (no word), ``"j"``, or ``"j (empty)"`` for an interest without items.
@@ -367,6 +368,7 @@ def interest_labels(item_interest: np.ndarray | sp.spmatrix, items: pd.DataFrame
     W, vocab = _word_matrix(items["title"])  # (n_items, V)
     df = np.asarray(W.sum(axis=0)).ravel()  # (V,) titles holding each word
     kept = (df >= 2) & (df <= len(items) / 2)  # (V,) neither an item key nor a word of most titles
+    kept &= ~np.isin(np.asarray(vocab, dtype=object), list(ENGLISH_STOP_WORDS))  # (V,) nor a stop word
     idf = np.where(kept, np.log(len(items) / np.maximum(df, 1)), 0.0)  # (V,) 0 for left-out words
     score = (A @ W).tocsr()  # (D, V) mass of the interest's items holding w
     labels = []

@@ -154,6 +154,13 @@ def test_interest_labels_name_the_dominant_category_and_distinctive_words():
     assert len(interest_labels(item_interest, items)) == 3  # D from the hard assignment
 
 
+def test_interest_labels_leave_out_stop_words():
+    items = pd.DataFrame({"title": ["Salt and Pepper", "Salt and Vinegar", "Pepper Mill", "Red Car", "Blue Car", "Car Set"],
+                          "category": ["Food"] * 3 + ["Toys"] * 3})
+    # interest 0: 'and', 'pepper', 'salt' each in 2 of its titles and 2 overall: 'and' would come first
+    assert interest_labels(np.array([0, 0, 0, 1, 1, 1]), items)[0] == "0 Food: pepper, salt"
+
+
 def test_interest_labels_with_behaviour_weights_and_soft_assignment():
     items, item_interest = _catalogue()
     weight = np.array([1, 1, 10, 1, 1, 1])  # the Home item is where the behaviours are
