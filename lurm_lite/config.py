@@ -127,6 +127,34 @@ class DownstreamConfig:
     workers: int | None = None  # processes probing tasks side by side on the CPU (None: one per core; 1: in-process)
 
 
+@dataclass
+class CompetitorConfig:
+    """§3.3-3.4: the sequence competitors (``lurm_lite.competitors``) on the L most recent behaviours.
+
+    PTUM and SUMN are pre-trained once (self-supervised, Adam ``lr``) and probed frozen like
+    LURM; TextCNN and HAN train end to end per task with Adam 1e-3, batch 256 (§3.4), early
+    stopping on the probe's validation share. Sizes beyond the paper's statement are ours.
+    """
+
+    sequence_length: int = 50  # L: most recent history behaviours per user (paper, Amazon: 50)
+    word_dim: int = 128  # word embedding size of the title encoders
+    hidden: int = 128  # behaviour and user vector size
+    heads: int = 4  # PTUM: self-attention heads
+    layers: int = 2  # PTUM: Transformer layers
+    mask_prob: float = 0.15  # PTUM: share of behaviours masked (masked behaviour prediction)
+    next_k: int = 2  # PTUM: behaviours predicted after the input (next-K behaviour prediction)
+    negatives: int = 4  # PTUM / SUMN: sampled negatives per positive in the candidate softmax
+    hops: int = 3  # SUMN: steps of multi-hop aggregation
+    pretrain_epochs: int = 5  # PTUM / SUMN passes over all users
+    pretrain_batch_size: int = 128
+    lr: float = 1e-3
+    supervised_batch_size: int = 256  # TextCNN / HAN (§3.4)
+    supervised_max_epochs: int = 20  # TextCNN / HAN, with early stopping
+    supervised_patience: int = 3
+    cnn_filters: int = 128  # TextCNN: filters per window size
+    cnn_windows: tuple[int, ...] = (3,)  # TextCNN: window sizes in words
+
+
 # Fig. 3's history lengths in months: 2 months, 6 months, 1, 2, 3, 4, 5 years (then the whole life).
 PAPER_LENGTHS_MONTHS = (2, 6, 12, 24, 36, 48, 60)
 
@@ -156,6 +184,7 @@ class LURMConfig:
     user_training: UserTrainingConfig = field(default_factory=UserTrainingConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    competitors: CompetitorConfig = field(default_factory=CompetitorConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -175,6 +204,9 @@ def for_scale(scale: str) -> LURMConfig:
                                                 doc2vec_dim=32, doc2vec_epochs=5)
         config.analysis = dataclasses.replace(config.analysis, lengths_months=(2, 12, 36), ablation_epochs=1,
                                               n_interests_sweep=(25, 50))
+        config.competitors = dataclasses.replace(config.competitors, sequence_length=20, word_dim=16, hidden=16,
+                                                 heads=2, layers=1, hops=2, pretrain_epochs=1, pretrain_batch_size=64,
+                                                 supervised_max_epochs=3, supervised_patience=1, cnn_filters=16)
     elif scale == "default":
         config.item = dataclasses.replace(config.item, dim=64, epochs=2, pairs_per_epoch=150_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=1000, niter=20)
@@ -196,6 +228,10 @@ def for_scale(scale: str) -> LURMConfig:
         config.analysis = dataclasses.replace(config.analysis, ablation_epochs=2,
                                               variants=("monthly", "yearly", "1anchor-H"),
                                               n_interests_sweep=(100, 300, 1000, 3000, 10_000))
+        # The competitors at a size that fits the 2-core demo (the paper's: the defaults above).
+        config.competitors = dataclasses.replace(config.competitors, word_dim=64, hidden=64, layers=1,
+                                                 pretrain_epochs=3, supervised_max_epochs=8, supervised_patience=2,
+                                                 cnn_filters=64)
     else:  # paper, §3.4
         config.item = dataclasses.replace(config.item, dim=128, epochs=5, pairs_per_epoch=10_000_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=100_000, niter=20,
