@@ -854,3 +854,40 @@ def ablation_findings(stage: Mapping[str, Any]) -> str:
                         f"already in the per-period outputs r (eq. 5), before any time aggregation." if fall > 0
                         else f"; {_versus('R^', stages['R^'], 'b_T', stages['b_T'])}: nothing is lost."))
     return "\n".join(lines)
+
+
+# The orderings of Table 2 the paper reports (§3.5): among the self-supervised methods LURM >
+# SUMN > PTUM, and among the supervised ones HAN > TextCNN.
+PAPER_ORDERINGS = (("LURM", "SUMN", "PTUM"), ("HAN", "TextCNN"))
+
+
+def ordering_findings(results: Mapping[str, Any], orderings: Sequence[Sequence[str]] = PAPER_ORDERINGS) -> str:
+    """Whether the paper's orderings of methods (Table 2, §3.5) hold in ``results`` (results.json), as Markdown.
+
+    For each ordering (best first) and each task that has all its methods: does the AUC fall
+    along it, and is every step also clear of noise (the upper end of the lower method's
+    bootstrap 95% interval below the lower end of the higher one's). An ordering with a
+    method missing from the run is said to be untestable.
+    """
+    lines = []
+    for order in orderings:
+        title = " > ".join(order)
+        tasks = [t for t, per in results["tasks"].items() if all(m in per for m in order)]
+        if not tasks:
+            lines.append(f"- **{title}**: not testable here (a method is missing from this run).")
+            continue
+        holds, clear, flips = [], [], []
+        for task in tasks:
+            per = results["tasks"][task]
+            steps = list(zip(order, order[1:]))  # (higher, lower) pairs
+            if all(per[a]["auc"] > per[b]["auc"] for a, b in steps):
+                holds.append(task)
+                if all(per[a]["auc_ci95"][0] > per[b]["auc_ci95"][1] for a, b in steps):
+                    clear.append(task)
+            else:
+                a, b = next((a, b) for a, b in steps if per[a]["auc"] <= per[b]["auc"])
+                flips.append(f"{task}: {_versus(a, per[a]['auc'], b, per[b]['auc'])}")
+        lines.append(f"- **{title}** holds on {_of(len(holds), len(tasks))} tasks by AUC, clear of the 95% "
+                     f"intervals on {_of(len(clear), len(tasks))}"
+                     + (f"; first break: {'; '.join(flips[:3])}." if flips else "."))
+    return "\n".join(lines)

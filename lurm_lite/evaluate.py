@@ -2,8 +2,10 @@
 
 Reads the artifacts of the earlier notebooks from the run folder (names from
 :class:`lurm_lite.runs.RunPaths`), computes the competitor representations itself
-(:mod:`lurm_lite.baselines`), trains one frozen-representation probe per method and task
-(:mod:`lurm_lite.downstream`) and writes ``results.json`` and ``results.md``.
+(:mod:`lurm_lite.baselines`; PTUM and SUMN pre-trained once per run folder, checkpointed,
+:mod:`lurm_lite.competitors`), trains one frozen-representation probe per method and task
+(:mod:`lurm_lite.downstream`), trains the supervised TextCNN and HAN per task on the same
+split, and writes ``results.json`` and ``results.md``.
 
 A method whose artifacts are missing is skipped with a warning that names the file and the
 notebook that writes it; the others are still evaluated.
@@ -14,6 +16,7 @@ notebook that writes it; the others are still evaluated.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,14 +31,17 @@ import torch
 from data_prep.schema import Dataset, load_dataset
 from lurm_lite import baselines, downstream, io, results
 from lurm_lite.boi import load_boi
-from lurm_lite.config import DownstreamConfig, for_scale
+from lurm_lite.competitors import ptum, sequences, sumn, supervised
+from lurm_lite.config import CompetitorConfig, DownstreamConfig, for_scale
 from lurm_lite.runs import MissingPrerequisite, RunPaths
 from lurm_lite.smen import load_smen
 from lurm_lite.user_training import load_user_reps
 
-# Rows of the results table, in the paper's order: competitors first, LURM last. RFM (not in
-# the paper) is the activity-only floor: a task it answers well is about activity, not preference.
-METHODS = ("TF-IDF", "Doc2Vec", "RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM")
+# Rows of the results table, in the paper's order (Table 2: TF-IDF, Doc2Vec, TextCNN, HAN, PTUM,
+# SUMN, then LURM's rows). RFM (not in the paper) is the activity-only floor: a task it answers
+# well is about activity, not preference; MeanItemEmb and BoI are LURM's own inputs.
+METHODS = ("TF-IDF", "Doc2Vec", "TextCNN", "HAN", "PTUM", "SUMN", "RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM")
+SUPERVISED = ("TextCNN", "HAN")  # trained end to end per task (§3.3); every other method is probed frozen
 
 
 @dataclass
@@ -47,8 +53,17 @@ class _Inputs:
     history: pd.DataFrame  # history-window behaviours, sorted by (user_id, ts)
     user_ids: np.ndarray  # (n,) ascending ids of the users with history: the rows to build
     config: DownstreamConfig
+    competitors: CompetitorConfig
     seed: int
     device: str | torch.device
+    timings: dict[str, dict[str, Any]]  # {method: {part: seconds}}, filled as methods run
+
+    @functools.cached_property
+    def sequences(self) -> tuple[sequences.BehaviourSequences, sequences.TitleTokens]:
+        """The L most recent behaviours of every user and the items' titles as word ids (§3.4)."""
+        self.run.require(self.run.text, notebook="01_data")
+        titles = sequences.title_tokens(self.dataset.items["title"].tolist(), io.load_json(self.run.text))
+        return sequences.recent_behaviours(self.history, self.user_ids, self.competitors.sequence_length), titles
 
 
 def _tfidf(inputs: _Inputs) -> sp.csr_matrix:
@@ -99,34 +114,78 @@ def _lurm(inputs: _Inputs) -> np.ndarray:
     return reps[rows]
 
 
+def _self_supervised(name: str) -> Callable[[_Inputs], np.ndarray]:
+    """PTUM or SUMN: pre-trained once per run folder (resumed from its checkpoint, §3.3), then frozen."""
+    pretrain, encode, save = PRETRAINED[name]
+
+    def representation(inputs: _Inputs) -> np.ndarray:
+        seqs, titles = inputs.sequences
+        device = io.device(inputs.device)
+        model, history = pretrain(seqs, titles, inputs.competitors, device, inputs.seed,
+                                  checkpoint_path=inputs.run.pretrain_checkpoint(name))
+        save(inputs.run.pretrained(name), model)
+        inputs.timings[name] = {"pretrain_seconds": round(history["seconds"], 1), "epochs": len(history["epoch"])}
+        return encode(model, seqs, titles, device)
+    return representation
+
+
+PRETRAINED = {"PTUM": (ptum.pretrain_ptum, ptum.encode_ptum, ptum.save_ptum),
+              "SUMN": (sumn.pretrain_sumn, sumn.encode_sumn, sumn.save_sumn)}
+
 REPRESENTATIONS: dict[str, Callable[[_Inputs], downstream.Features]] = {
-    "TF-IDF": _tfidf, "Doc2Vec": _doc2vec, "RFM": _rfm, "MeanItemEmb": _mean_item_embedding, "BoI": _boi,
-    "LURM(2M)": _lurm_2m, "LURM": _lurm,
+    "TF-IDF": _tfidf, "Doc2Vec": _doc2vec, "PTUM": _self_supervised("PTUM"), "SUMN": _self_supervised("SUMN"),
+    "RFM": _rfm, "MeanItemEmb": _mean_item_embedding, "BoI": _boi, "LURM(2M)": _lurm_2m, "LURM": _lurm,
 }
+
+
+def _train_per_task(name: str, inputs: _Inputs, labels: dict[str, tuple[np.ndarray, np.ndarray]]
+                    ) -> downstream.TaskResults:
+    """TextCNN or HAN trained end to end on every task, on the probe's split (§3.3-3.4)."""
+    seqs, titles = inputs.sequences
+    row_of = pd.Index(seqs.user_ids)
+    per_task = downstream.TaskResults()
+    for task, (task_users, y) in labels.items():
+        reason = downstream.skip_reason(y)
+        if reason is not None:
+            per_task.skipped[task] = reason
+            continue
+        rows = row_of.get_indexer(task_users)  # every labelled user has history, so a row
+        task_seqs = sequences.BehaviourSequences(seqs.user_ids[rows], seqs.items[rows], seqs.lengths[rows])
+        metrics = supervised.train_and_score(name, task_seqs, titles, y, inputs.competitors, inputs.config,
+                                             inputs.seed, device=inputs.device)
+        inputs.timings.setdefault(name, {})[f"train_seconds {task}"] = round(metrics["train_seconds"], 1)
+        per_task[task] = metrics
+    return per_task
 
 
 def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence[str] | None = None,
                  config: DownstreamConfig | None = None, seed: int = 0, device: str | torch.device = "auto",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, competitors: CompetitorConfig | None = None
+                 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Evaluate every method on every task of the dataset and write the results (§3.2-3.5).
 
     Args:
         run_dir: the run folder (``RunPaths``): ``item_embeddings.npy`` (MeanItemEmb),
             ``item_interest.npy`` and ``centroids.npy`` (BoI), ``smen.pt`` and
-            ``boi_<scale>.npz`` (LURM(2M)), ``user_reps.npz`` (LURM). TF-IDF, Doc2Vec and
-            RFM need only the dataset.
+            ``boi_<scale>.npz`` (LURM(2M)), ``user_reps.npz`` (LURM), ``text.json`` (TextCNN,
+            HAN, PTUM, SUMN; PTUM and SUMN write ``ptum.pt`` / ``sumn.pt`` and their
+            checkpoints there). TF-IDF, Doc2Vec and RFM need only the dataset.
         dataset_dir: the dataset contract folder.
         methods: names from :data:`METHODS` (None: all).
         config: probe and baseline settings (None: ``DownstreamConfig()``).
         seed: the split seed (the same split for every method), and the seed of the probe,
             the bootstrap and Doc2Vec.
-        device: where SMEN encodes for LURM(2M); the probe always runs on the CPU.
+        device: where SMEN encodes for LURM(2M) and the sequence competitors train; the
+            probe always runs on the CPU.
         progress: print one line per method.
+        competitors: sizes of TextCNN, HAN, PTUM, SUMN (None: ``CompetitorConfig()``).
 
     Returns:
         The results.json object, also written to ``RunPaths(run_dir).results`` with
-        ``results.md`` beside it. Methods whose artifacts are missing are skipped with a
-        warning.
+        ``results.md`` beside it (methods whose artifacts are missing are skipped with a
+        warning), and the seconds each method took: ``{method: {"seconds": total, ...}}``
+        with PTUM's and SUMN's ``pretrain_seconds`` and the supervised models'
+        ``train_seconds <task>``.
     """
     run = RunPaths(run_dir)
     config = config or DownstreamConfig()
@@ -136,24 +195,30 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence
         raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
     dataset = load_dataset(dataset_dir)
     history = dataset.history()
-    inputs = _Inputs(run, dataset, history, np.unique(history["user_id"].to_numpy()).astype(np.int64), config, seed,
-                     device)
+    inputs = _Inputs(run, dataset, history, np.unique(history["user_id"].to_numpy()).astype(np.int64), config,
+                     competitors or CompetitorConfig(), seed, device, timings={})
     labels = downstream.all_task_labels(dataset)
     per_method = {}
     for method in methods:
         start = time.perf_counter()
         try:
-            X = REPRESENTATIONS[method](inputs)
+            if method in SUPERVISED:
+                per_method[method], size = _train_per_task(method, inputs, labels), "trained per task"
+            else:
+                X = REPRESENTATIONS[method](inputs)
+                per_method[method] = downstream.evaluate(X, inputs.user_ids, dataset, config, seed, device="cpu",
+                                                         labels=labels)
+                size = f"{X.shape[1]} dims"
         except MissingPrerequisite as missing:
             warnings.warn(f"Skipping method {method}: {missing}", stacklevel=2)
             continue
-        per_method[method] = downstream.evaluate(X, inputs.user_ids, dataset, config, seed, device="cpu", labels=labels)
+        seconds = time.perf_counter() - start
+        inputs.timings.setdefault(method, {})["seconds"] = round(seconds, 1)
         if progress:
-            print(f"{method}: {X.shape[1]} dims, {len(per_method[method])} tasks, "
-                  f"{time.perf_counter() - start:.1f} s")
-    collected = results.collect_results(dataset.name, seed, per_method)
+            print(f"{method}: {size}, {len(per_method[method])} tasks, {seconds:.1f} s")
+    collected = results.collect_results(dataset.name, seed, per_method, supervised=SUPERVISED)
     results.save_results(collected, run.results)
-    return collected
+    return collected, inputs.timings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -165,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods to evaluate (default: all)")
     parser.add_argument("--device", default="auto", help="device of the SMEN encoding for LURM(2M)")
     args = parser.parse_args(argv)
-    evaluate_run(args.run_dir, args.dataset, args.methods, for_scale(args.scale).downstream, args.seed, args.device)
+    scale = for_scale(args.scale)
+    evaluate_run(args.run_dir, args.dataset, args.methods, scale.downstream, args.seed, args.device,
+                 competitors=scale.competitors)
     print(f"wrote {RunPaths(args.run_dir).results} and results.md")
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from lurm_lite.io import atomic_path
+from lurm_lite.results import SUPERVISED_MARK
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -118,13 +119,16 @@ def results_bars(results: Mapping, metric: str = "auc") -> matplotlib.figure.Fig
     """Bar plot of ``metric`` per task and method from a results.json mapping, with 95% CI.
 
     With no evaluated task (every task skipped as too small, see ``results["skipped"]``) the
-    figure says so instead of plotting.
+    figure says so instead of plotting. Supervised methods (``results["supervised"]``) are
+    marked ``†`` as in the tables.
     """
+    supervised = set(results.get("supervised", ()))
     records = []
     for task, methods in results["tasks"].items():
         for method, m in methods.items():
             lo, hi = m.get("auc_ci95", [np.nan, np.nan])
-            records.append({"task": task, "method": method, metric: 100 * m[metric],
+            label = f"{method} {SUPERVISED_MARK}" if method in supervised else method
+            records.append({"task": task, "method": label, metric: 100 * m[metric],
                             "lo": 100 * lo, "hi": 100 * hi})
     frame = pd.DataFrame(records, columns=["task", "method", metric, "lo", "hi"])
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * frame.task.nunique()), 4))

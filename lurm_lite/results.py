@@ -44,10 +44,10 @@ class Text:
 
 @dataclass(frozen=True)
 class ListOf:
-    """A list of exactly ``length`` ``item``s."""
+    """A list of exactly ``length`` ``item``s (None: any number)."""
 
     item: Spec
-    length: int
+    length: int | None
     what: str
 
 
@@ -80,6 +80,8 @@ class Record:
 
 Spec = Number | Text | ListOf | MapOf | Record
 
+SUPERVISED_MARK = "†"  # after a supervised method's name in every table
+
 FRACTION = Number("a fraction in [0, 1]", lo=0.0, hi=1.0)
 METRICS = Record({"auc": FRACTION, "acc": FRACTION,
                   "auc_ci95": ListOf(Number("a number"), 2, "a list [lo, hi] of two numbers"),
@@ -89,9 +91,10 @@ SCHEMA = Record(
     {"dataset": Text("a string"),
      "split_seed": Number("an integer", integer=True),
      "tasks": MapOf(MapOf(METRICS, "an object {method: metrics}"), "an object {task: {method: metrics}}"),
-     "skipped": MapOf(Text("a non-empty reason", nonempty=True), "an object {task: reason}")},
-    "an object {dataset, split_seed, tasks, skipped}",
-    optional=frozenset({"skipped"}),  # absent in files written before it existed
+     "skipped": MapOf(Text("a non-empty reason", nonempty=True), "an object {task: reason}"),
+     "supervised": ListOf(Text("a method name", nonempty=True), None, "a list of method names")},
+    "an object {dataset, split_seed, tasks, skipped, supervised}",
+    optional=frozenset({"skipped", "supervised"}),  # absent in files written before they existed
     rules=(Disjoint("skipped", "tasks", "names a task that also has results in 'tasks'"),),
 )
 
@@ -125,7 +128,7 @@ def check(spec: Spec, value: Any, source: str, path: tuple[str | int, ...] = ())
         if not isinstance(value, str) or (spec.nonempty and not value):
             fail(f"must be {spec.what}, got {_short(value)}")
     elif isinstance(spec, ListOf):
-        if not isinstance(value, list) or len(value) != spec.length:
+        if not isinstance(value, list) or (spec.length is not None and len(value) != spec.length):
             fail(f"must be {spec.what}, got {_short(value)}")
         for i, item in enumerate(value):
             check(spec.item, item, source, path + (i,))
@@ -194,15 +197,21 @@ def _by_task(per_method: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dic
     return tasks, skipped
 
 
-def collect_results(dataset_name: str, split_seed: int,
-                    per_method: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods)."""
+def collect_results(dataset_name: str, split_seed: int, per_method: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                    supervised: Sequence[str] = ()) -> dict[str, Any]:
+    """Pivot ``{method: evaluate(...)}`` into the results.json object (tasks, then methods).
+
+    ``supervised`` names the methods trained end to end per task (TextCNN, HAN, §3.3); the
+    others are frozen representations scored by the same probe. Metric keys beyond the four
+    of the schema (e.g. a supervised model's training time) are left out.
+    """
     tasks, skipped = _by_task(per_method)
     tasks = {task: {method: {"auc": float(m["auc"]), "acc": float(m["acc"]),
                              "auc_ci95": [float(v) for v in m["auc_ci95"]], "n_test": int(m["n_test"])}
                     for method, m in methods.items()}
              for task, methods in tasks.items()}
-    return {"dataset": dataset_name, "split_seed": int(split_seed), "tasks": tasks, "skipped": skipped}
+    return {"dataset": dataset_name, "split_seed": int(split_seed), "tasks": tasks, "skipped": skipped,
+            "supervised": [method for method in per_method if method in set(supervised)]}
 
 
 def save_results(results: Mapping[str, Any], json_path: str | Path) -> tuple[Path, Path]:
@@ -235,6 +244,7 @@ def results_table(results: Mapping[str, Any]) -> pd.DataFrame:
     is ``AUC/ACC`` in % with 2 decimals; per task the best AUC and the best ACC are bold
     (``**x**``; ties: all of them); a method without a result shows ``-``.
     ``frame.attrs["skipped"]`` holds ``results["skipped"]`` ({task: reason}, may be empty).
+    A method of ``results["supervised"]`` is labelled ``"<method> †"`` (trained per task).
     """
     by_task = results["tasks"]
     methods = list(dict.fromkeys(m for per_method in by_task.values() for m in per_method))
@@ -244,7 +254,9 @@ def results_table(results: Mapping[str, Any]) -> pd.DataFrame:
         columns[task] = ["-" if method not in per_method else
                          f"{_percent(per_method[method]['auc'], best['auc'])}/"
                          f"{_percent(per_method[method]['acc'], best['acc'])}" for method in methods]
-    frame = pd.DataFrame(columns, index=pd.Index(methods, name="Method"), columns=list(by_task), dtype=object)
+    supervised = set(results.get("supervised", ()))
+    labels = [f"{method} {SUPERVISED_MARK}" if method in supervised else method for method in methods]
+    frame = pd.DataFrame(columns, index=pd.Index(labels, name="Method"), columns=list(by_task), dtype=object)
     frame.attrs["skipped"] = dict(results.get("skipped", {}))
     return frame
 
@@ -271,5 +283,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def results_markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: a caption (dataset, split seed) and the :func:`markdown_table` of the results."""
-    return (f"Results on {results['dataset']} (AUC(%)/ACC(%), split seed {results['split_seed']}); "
-            "the best score per task is bold.\n\n" + markdown_table(results_table(results)))
+    caption = (f"Results on {results['dataset']} (AUC(%)/ACC(%), split seed {results['split_seed']}); "
+               "the best score per task is bold.")
+    if results.get("supervised"):
+        caption += (f" {SUPERVISED_MARK}: trained end to end for each task (supervised, §3.3); every other "
+                    "row is a frozen representation scored by the same MLP probe.")
+    return caption + "\n\n" + markdown_table(results_table(results))

@@ -55,7 +55,8 @@ class RunPaths:
     - 04_smen: ``smen.pt`` (final model), ``smen_ckpt.pt`` (resume checkpoint),
       ``user_reps.npz`` (user_ids, reps (n_users, M*H) float32), ``smen_loss.json``,
       ``smen_ep<E>.pt`` (the model after E epochs, reused by 08 as its E-epoch reference)
-    - 05_downstream and later: ``results.json`` and per-notebook ``NN_*.json``; 08 caches its
+    - 05_downstream and later: ``results.json`` and per-notebook ``NN_*.json``; 05 pre-trains the
+      self-supervised competitors once: ``ptum.pt``, ``sumn.pt`` (and ``<name>_ckpt.pt``); 08 caches its
       retrained variants in ``ablations/``, 09 writes Spark's part files in ``spark/``
 
     The chain's own files: ``notebooks/`` (executed copies and stamps), ``chain.json`` (stage times).
@@ -141,6 +142,13 @@ class RunPaths:
     @property
     def results(self) -> Path:
         return self.root / "results.json"
+
+    def pretrained(self, method: str) -> Path:
+        """A self-supervised competitor's model, e.g. ``pretrained("PTUM")`` -> ``ptum.pt``."""
+        return self.root / f"{method.lower()}.pt"
+
+    def pretrain_checkpoint(self, method: str) -> Path:
+        return self.root / f"{method.lower()}_ckpt.pt"
 
     def stage_json(self, notebook_stem: str) -> Path:
         """Results JSON of one notebook, e.g. ``stage_json("02_item_embedding")``."""

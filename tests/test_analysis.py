@@ -426,3 +426,20 @@ def test_ablation_findings_state_inequalities_and_flip_with_them():
     gained = _ablation_stage(0.655)
     gained["signal_by_stage"][2]["auc"] = 0.95
     assert "R^ 0.950 > b_T 0.913: nothing is lost" in analysis.ablation_findings(gained)
+
+
+def test_ordering_findings_count_where_the_papers_orderings_hold():
+    def m(auc, lo, hi):
+        return {"auc": auc, "acc": 0.5, "auc_ci95": [lo, hi], "n_test": 50}
+    results = {"tasks": {
+        "t1": {"LURM": m(0.90, 0.88, 0.92), "SUMN": m(0.80, 0.78, 0.82), "PTUM": m(0.70, 0.68, 0.72),
+               "HAN": m(0.60, 0.5, 0.7), "TextCNN": m(0.65, 0.6, 0.7)},
+        "t2": {"LURM": m(0.90, 0.80, 0.95), "SUMN": m(0.85, 0.80, 0.90), "PTUM": m(0.70, 0.68, 0.72)},
+        "t3": {"LURM": m(0.60, 0.5, 0.7), "SUMN": m(0.65, 0.6, 0.7), "PTUM": m(0.70, 0.6, 0.8)},
+    }}
+    text = analysis.ordering_findings(results).splitlines()
+    assert text[0] == ("- **LURM > SUMN > PTUM** holds on 2 of 3 tasks by AUC, clear of the 95% intervals on 1 of 3; "
+                       "first break: t3: LURM 0.600 < SUMN 0.650.")
+    assert text[1] == ("- **HAN > TextCNN** holds on 0 of 1 tasks by AUC, clear of the 95% intervals on 0 of 1; "
+                       "first break: t1: HAN 0.600 < TextCNN 0.650.")
+    assert "not testable" in analysis.ordering_findings({"tasks": {"t": {"LURM": m(0.9, 0.8, 1.0)}}})

@@ -305,8 +305,8 @@ def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(t
     config = for_scale("tiny").downstream
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = evaluate_run(run.root, tiny_dataset, ["RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM"], config,
-                               seed=0, device="cpu", progress=False)
+        results, seconds = evaluate_run(run.root, tiny_dataset, ["RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM"],
+                                        config, seed=0, device="cpu", progress=False)
     skipped = [str(w.message) for w in caught if "Skipping method" in str(w.message)]
     assert len(skipped) == 2 and "centroids.npy" in skipped[0] and "03_interests_boi" in skipped[0]
     assert "smen.pt" in skipped[1]
@@ -315,6 +315,7 @@ def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(t
                                               "122 users; a multiclass task needs at least 20 users in every class"}
     assert set(results["tasks"]) == {t["name"] for t in dataset.tasks} - {"baby_age"}
     assert all(set(methods) == {"RFM", "MeanItemEmb", "LURM"} for methods in results["tasks"].values())
+    assert set(seconds) == {"RFM", "MeanItemEmb", "LURM"} and all(s["seconds"] >= 0 for s in seconds.values())
     assert load_json(run.results) == results
     rows = [line.split(" |")[0] for line in run.results.with_suffix(".md").read_text().splitlines()[4:]]
     assert rows[:3] == ["| RFM", "| MeanItemEmb", "| LURM"] and "| BoI" not in rows  # no row for a skipped method

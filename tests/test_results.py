@@ -32,8 +32,19 @@ def test_good_results_round_trip_through_the_files(tmp_path):
     assert loaded == results
     assert loaded["tasks"]["t1"]["LURM"] == {"auc": 0.8255, "acc": 0.75, "auc_ci95": [0.8, 0.85], "n_test": 40}
     assert md_path.read_text() == results_markdown(loaded)
-    old_file = {k: v for k, v in results.items() if k != "skipped"}  # written before "skipped" existed
+    old_file = {k: v for k, v in results.items() if k not in ("skipped", "supervised")}  # written before they existed
     validate_results(old_file)
+
+
+def test_supervised_methods_are_listed_and_marked_in_every_table(tmp_path):
+    per_method = {"HAN": {"t1": dict(PER_METHOD["LURM"]["t1"], train_seconds=3.5, epochs=4)}, **PER_METHOD}
+    results = collect_results("toy", 0, per_method, supervised=("TextCNN", "HAN"))
+    assert results["supervised"] == ["HAN"]  # only the evaluated ones, in table order
+    assert set(results["tasks"]["t1"]["HAN"]) == {"auc", "acc", "auc_ci95", "n_test"}  # extra keys left out
+    _, md_path = save_results(results, tmp_path / "results.json")
+    assert list(results_table(results).index) == ["HAN †", "TF-IDF", "LURM"]
+    assert "| HAN † | **82.55**/75.00 |" in md_path.read_text() and "†: trained end to end" in md_path.read_text()
+    assert "†" not in results_markdown(_two_method_results())
 
 
 def test_collect_results_casts_and_records_the_skipped_tasks_of_any_method(tmp_path):
@@ -77,7 +88,7 @@ LURM_T1 = ("tasks", "t1", "LURM")
     (_set("dataset", 3), "dataset must be a string, got 3"),
     (_set("split_seed", True), "split_seed must be an integer, got True"),
     (_set("split_seed", 0.0), "split_seed must be an integer, got 0.0"),
-    (_set("splitseed", 0), "splitseed is not a field (expected dataset, split_seed, tasks, skipped)"),
+    (_set("splitseed", 0), "splitseed is not a field (expected dataset, split_seed, tasks, skipped, supervised)"),
     (_set("tasks", []), "tasks must be an object {task: {method: metrics}}, got []"),
     (_set("tasks", "t1", None), "tasks['t1'] must be an object {method: metrics}, got None"),
     (_set(*LURM_T1, [0.8]), "tasks['t1']['LURM'] must be an object {auc, acc, auc_ci95, n_test}, got [0.8]"),
@@ -103,6 +114,8 @@ LURM_T1 = ("tasks", "t1", "LURM")
     (_set("skipped", {"t3": None}), "skipped['t3'] must be a non-empty reason, got None"),
     (_set("skipped", {"t3": "too few", "t1": "too few"}),
      "skipped['t1'] names a task that also has results in 'tasks'"),
+    (_set("supervised", "TF-IDF"), "supervised must be a list of method names, got 'TF-IDF'"),
+    (_set("supervised", ["HAN", ""]), "supervised[1] must be a method name, got ''"),
 ])
 def test_validate_results_names_the_first_offending_field(breakage, message):
     doc = copy.deepcopy(_two_method_results())
