@@ -126,7 +126,8 @@ def test_multi_hop_aggregation_and_consistency_loss_match_written_out_loops():
                         for w in tokens[user, j].tolist():
                             if w > 1:
                                 counts[w] = counts.get(w, 0) + 1
-                logits = model.word_head.weight @ reference_user_vector(model, tokens[user], keep) + model.word_head.bias
+                u = reference_user_vector(model, tokens[user], keep)
+                logits = model.word_head.weight @ u + model.word_head.bias
                 log_q = logits - torch.logsumexp(logits, 0)
                 total = sum(counts.values())
                 terms.append(-sum(c / total * float(log_q[w]) for w, c in counts.items()))
