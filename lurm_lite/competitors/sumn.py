@@ -2,7 +2,7 @@
 Consistence for Universal User Representation", AAAI 2021; arXiv 2012.06146), a competitor of
 LURM in §3.3 (Tables 2-4), pre-trained once and probed frozen like LURM (§3.4).
 
-SUMN as its abstract and §3 describe it has two parts:
+SUMN as its abstract describes it has two parts:
 
 - a **multi-hop aggregation layer**: attention over the user's behaviour vectors whose query is
   the current user vector, repeated ``hops`` times, each hop refining the user vector (the
