@@ -5,15 +5,15 @@ Read top to bottom:
 
 1. ``AttentionPooling``: the additive attention of the PTUM / NRMS family,
    a_i = softmax_i(q^T tanh(V x_i + v)), pooled = sum_i a_i x_i;
-2. ``BehaviourEncoder`` (Wu et al. §2, "behavior encoder"): a behaviour is its item's title;
+2. ``BehaviourEncoder`` (Wu et al.'s behaviour encoder): a behaviour is its item's title;
    word embeddings pooled by attention, then a linear map to the hidden size H;
-3. ``PTUM`` (Wu et al. §2, "user encoder"): learned position embeddings over the L
+3. ``PTUM`` (Wu et al.'s user encoder): learned position embeddings over the L
    behaviours, a Transformer encoder and attention pooling over behaviours give the user
-   vector u; ``pretraining_losses`` holds the two self-supervision tasks of Wu et al. §3:
-   masked behaviour prediction (MBP, §3.1) and next-K behaviour prediction (NBP, §3.2);
+   vector u; ``pretraining_losses`` holds the two self-supervision tasks of Wu et al.:
+   "Masked Behavior Prediction" (MBP) and "Next K Behaviors Prediction" (NBP);
 4. ``sample_batch``: the masks, the next-K targets and the sampled negatives of a batch;
-5. ``pretrain_ptum`` (loss = MBP + NBP, the plain sum of Wu et al. §3.3), with a resumable
-   checkpoint; ``encode_ptum``, ``save_ptum`` / ``load_ptum``.
+5. ``pretrain_ptum`` (loss = MBP + NBP, unweighted, as in Wu et al. and their released code),
+   with a resumable checkpoint; ``encode_ptum``, ``save_ptum`` / ``load_ptum``.
 
 As in the LURM paper, PTUM is pre-trained once and then frozen: its user vectors u are
 probed like LURM's (§3.4, "LURM, SUMN and PTUM are not fine-tuned").
@@ -76,7 +76,7 @@ TRAINING_FIELDS = ("sequence_length", "word_dim", "hidden", "heads", "layers", "
 
 
 class AttentionPooling(nn.Module):
-    """Additive attention pooling (Wu et al. §2): a_i = softmax_i(q^T tanh(V x_i + v)), sum_i a_i x_i.
+    """Additive attention pooling (Wu et al.; NRMS): a_i = softmax_i(q^T tanh(V x_i + v)), sum_i a_i x_i.
 
     Only valid positions take part; a row without one pools to the zero vector (no NaN).
     """
@@ -95,7 +95,7 @@ class AttentionPooling(nn.Module):
 
 
 class BehaviourEncoder(nn.Module):
-    """A behaviour's title -> its vector (Wu et al. §2): word embeddings, attention pooling, linear to H."""
+    """A behaviour's title -> its vector (Wu et al.): word embeddings, attention pooling, linear to H."""
 
     def __init__(self, vocab_size: int, word_dim: int, hidden: int):
         super().__init__()
@@ -123,7 +123,7 @@ class BehaviourEncoder(nn.Module):
 
 @dataclass
 class PretrainBatch:
-    """One pre-training step's input (:func:`sample_batch`): B users, both tasks (Wu et al. §3)."""
+    """One pre-training step's input (:func:`sample_batch`): B users, both tasks of Wu et al."""
 
     tokens: torch.Tensor  # (B, L', Tr) int64 word ids of each user's behaviours, oldest first, 0 at padding
     lengths: torch.Tensor  # (B,) int64 behaviours n of each user
@@ -140,7 +140,7 @@ class PretrainBatch:
 
 
 class PTUM(nn.Module):
-    """Behaviour encoder + Transformer user encoder + attention pooling (Wu et al. §2).
+    """Behaviour encoder + Transformer user encoder + attention pooling (Wu et al.'s user model).
 
     ``config`` (a :class:`CompetitorConfig`) gives L = ``sequence_length`` (positions),
     ``word_dim``, H = ``hidden``, ``heads``, ``layers`` and K = ``next_k``.
@@ -184,7 +184,7 @@ class PTUM(nn.Module):
         return self.pool(self.contextual(self.behaviours(tokens), lengths), lengths)  # (B, H)
 
     def mbp_logits(self, batch: PretrainBatch) -> torch.Tensor:
-        """Masked behaviour prediction (Wu et al. §3.1): scores of each masked behaviour's candidates.
+        """Wu et al.'s "Masked Behavior Prediction": scores of each masked behaviour's candidates.
 
         The masked behaviours are replaced by the mask vector; the hidden state h at a masked
         position scores candidate e by h . e. Returns (n_masked, 1 + P), the true one first.
@@ -196,14 +196,15 @@ class PTUM(nn.Module):
         return torch.einsum("nh,nch->nc", h, candidates)  # (n_masked, 1 + P)
 
     def nbp_logits(self, batch: PretrainBatch) -> torch.Tensor:
-        """Next-K behaviour prediction (Wu et al. §3.2): scores of each next behaviour's candidates.
+        """Wu et al.'s "Next K Behaviors Prediction": scores of each next behaviour's candidates.
 
         u is the user vector of the first ``nbp_lengths`` behaviours (the later ones are
         masked as keys and in the pooling, so they do not reach u); candidate e of slot k
         scores u . (e + p_k). Returns (n_next, 1 + P), the true one first.
         """
         u = self.user_vectors(batch.tokens, batch.nbp_lengths)  # (B, H)
-        candidates = self.behaviours(batch.nbp_candidates) + self.next_slot(batch.nbp_slot)[:, None, :]  # (n_next, 1 + P, H)
+        slot = self.next_slot(batch.nbp_slot)  # (n_next, H) p_k
+        candidates = self.behaviours(batch.nbp_candidates) + slot[:, None, :]  # (n_next, 1 + P, H)
         return torch.einsum("nh,nch->nc", u[batch.nbp_user], candidates)  # (n_next, 1 + P)
 
     def pretraining_losses(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
@@ -228,7 +229,7 @@ def _candidates(positive: np.ndarray, n_items: int, negatives: int, rng: np.rand
 
 def sample_batch(items: np.ndarray, lengths: np.ndarray, titles: TitleTokens, config: CompetitorConfig,
                  rng: np.random.Generator) -> PretrainBatch:
-    """Both tasks' inputs for users of >= 2 behaviours: items (B, L) item ids, lengths (B,) (Wu et al. §3).
+    """Both tasks' inputs for users of >= 2 behaviours: items (B, L) item ids, lengths (B,), both tasks of Wu et al.
 
     MBP: m = round(``mask_prob`` x n) behaviours per user, clipped to [1, n - 1], at
     uniformly drawn positions. NBP: the last K' = min(``next_k``, n - 1) behaviours are the
@@ -252,7 +253,8 @@ def sample_batch(items: np.ndarray, lengths: np.ndarray, titles: TitleTokens, co
     nbp_lengths = lengths - k  # (B,)
     nbp_user = np.repeat(np.arange(len(lengths)), k)  # (n_next,)
     nbp_slot = np.arange(len(nbp_user)) - np.repeat(np.cumsum(k) - k, k)  # (n_next,) 0..K'-1 per user
-    nbp = _candidates(items[nbp_user, nbp_lengths[nbp_user] + nbp_slot], n_items, config.negatives, rng)  # (n_next, 1 + P)
+    nbp_true = items[nbp_user, nbp_lengths[nbp_user] + nbp_slot]  # (n_next,) the behaviours after the input
+    nbp = _candidates(nbp_true, n_items, config.negatives, rng)  # (n_next, 1 + P)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))
@@ -306,7 +308,7 @@ def _resumable(path: Path, inputs: dict, epochs: int, dev: torch.device) -> dict
 def pretrain_ptum(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig,
                   device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                   progress: bool = True) -> tuple[PTUM, dict]:
-    """Pre-train PTUM with loss = MBP + NBP (Wu et al. §3.3 sums the two tasks' losses).
+    """Pre-train PTUM with loss = MBP + NBP (Wu et al. sum the two tasks' losses, unweighted).
 
     Adam (``config.lr``), ``pretrain_epochs`` passes over the users with >= 2 behaviours
     (the others have nothing to predict; they are still encoded), ``pretrain_batch_size``
