@@ -45,11 +45,11 @@ class Attention(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``h`` (N, T, dim) annotations, ``mask`` (N, T) bool, True where real -> (N, dim).
 
-        Masked positions get weight 0; a row without a real position gives 0.
+        Every row needs a real position; masked positions get weight exactly 0 (exp underflows).
         """
         u = torch.tanh(self.project(h))  # (N, T, dim) eq. (5) / (8)
         scores = (u @ self.context).masked_fill(~mask, torch.finfo(h.dtype).min)  # (N, T)
-        alpha = torch.softmax(scores, dim=1) * mask  # (N, T) eq. (6) / (9); all 0 on an empty row
+        alpha = torch.softmax(scores, dim=1)  # (N, T) eq. (6) / (9)
         return (alpha.unsqueeze(2) * h).sum(dim=1)  # (N, dim) eq. (7) / (10)
 
 
