@@ -139,11 +139,18 @@ def split_indices(y: np.ndarray, seed: int, test_fraction: float = 0.2) -> tuple
     only, so every method sees the same test users. Stratification needs two users per
     class; when a class is rarer the split is drawn unstratified, with a warning.
     """
-    return _stratified_split(np.arange(len(y)), y, test_fraction, seed)
+    return validation_split(np.arange(len(y)), y, test_fraction, seed)
 
 
-def _stratified_split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``index`` (labels ``y``) split into ``(kept, held_out)``, both sorted, ``fraction`` held out.
+
+    Stratified by ``y`` and seeded. :func:`split_indices` holds out the test part with it and
+    :func:`evaluate_task` the validation part of the training rows; the supervised
+    competitors (``competitors.supervised``) call it the same way so that they stop early
+    on the probe's validation users.
+    """
     class_sizes = np.bincount(y)
     class_sizes = class_sizes[class_sizes > 0]
     n_held_out = math.ceil(fraction * len(y))
@@ -402,7 +409,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     """
     n_classes = int(y.max()) + 1
     train_idx, test_idx = split_indices(y, seed, config.test_fraction)
-    fit_idx, val_idx = _stratified_split(train_idx, y[train_idx], config.validation_fraction, seed)
+    fit_idx, val_idx = validation_split(train_idx, y[train_idx], config.validation_fraction, seed)
     X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     scaler = fit_scaler(X[train_idx])
     with _one_cpu_thread(device):

@@ -1,0 +1,98 @@
+"""HAN, the paper's supervised hierarchical-attention competitor (LURM §3.3, Tables 2-4).
+
+Yang et al. (2016), "Hierarchical Attention Networks for Document Classification", §2 with a
+user as the document and a behaviour's title as a sentence (LURM §3.3: "two levels of
+attention operations are used to aggregate words and behavior embeddings respectively"):
+
+- word encoder: embedding, then a bidirectional GRU over each title's words, h_it the
+  concatenated forward and backward states;
+- word attention, Yang's eq. (5)-(7): u_it = tanh(W_w h_it + b_w), alpha_it = softmax_t
+  (u_it^T u_w), s_i = sum_t alpha_it h_it (the behaviour vector);
+- behaviour (sentence) encoder: a bidirectional GRU over the user's behaviour vectors s_i, h_i;
+- behaviour attention, eq. (8)-(10): u_i = tanh(W_s h_i + b_s), alpha_i = softmax_i
+  (u_i^T u_s), v = sum_i alpha_i h_i (the user vector);
+- eq. (11): p = softmax(W_c v + b_c); the logits are returned, the loss (eq. 12) is
+  :func:`torch.nn.functional.cross_entropy` in :mod:`.supervised` (§3.4: Adam 1e-3, batch 256).
+
+Choices beyond the papers:
+
+- sizes from ``CompetitorConfig``: ``word_dim`` embeddings, each GRU direction
+  ``hidden`` / 2 units so h_it, s_i, h_i and v have ``hidden`` numbers (Yang: 200-d words, 50
+  units per direction), the attention projection ``hidden`` wide; the word table is learnt
+  from scratch (Yang started from word2vec);
+- both GRUs run over packed sequences and both attentions give padding weight exactly 0, so
+  appended padding words or behaviours do not change the logits; a user without behaviours
+  gets v = 0 (finite logits: the output bias).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lurm_lite.config import CompetitorConfig
+
+
+class Attention(nn.Module):
+    """Yang's attention pooling: eq. (5)-(7) over words, the same form (8)-(10) over behaviours."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.project = nn.Linear(dim, dim)  # W_w, b_w (eq. 5) / W_s, b_s (eq. 8)
+        self.context = nn.Parameter(torch.randn(dim) / dim**0.5)  # u_w (eq. 6) / u_s (eq. 9)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``h`` (N, T, dim) annotations, ``mask`` (N, T) bool, True where real -> (N, dim).
+
+        Every row needs a real position; masked positions get weight exactly 0 (exp underflows).
+        """
+        u = torch.tanh(self.project(h))  # (N, T, dim) eq. (5) / (8)
+        scores = (u @ self.context).masked_fill(~mask, torch.finfo(h.dtype).min)  # (N, T)
+        alpha = torch.softmax(scores, dim=1)  # (N, T) eq. (6) / (9)
+        return (alpha.unsqueeze(2) * h).sum(dim=1)  # (N, dim) eq. (7) / (10)
+
+
+def _bigru_packed(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``gru`` over the first ``lengths`` (N,) >= 1 steps of each row of ``x`` (N, T, in) -> (N, T, out), 0 after."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = gru(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]  # (N, T, out)
+
+
+class HAN(nn.Module):
+    """Yang et al. (2016)'s hierarchical attention network over a user's behaviour titles -> K logits."""
+
+    def __init__(self, vocab_size: int, n_classes: int, config: CompetitorConfig):
+        super().__init__()
+        if config.hidden % 2:
+            raise ValueError(f"HAN needs an even hidden size (two GRU directions of hidden / 2), got {config.hidden}")
+        half = config.hidden // 2
+        self.hidden = config.hidden
+        self.embedding = nn.Embedding(vocab_size, config.word_dim, padding_idx=0)
+        self.word_gru = nn.GRU(config.word_dim, half, batch_first=True, bidirectional=True)
+        self.word_attention = Attention(config.hidden)
+        self.behaviour_gru = nn.GRU(config.hidden, half, batch_first=True, bidirectional=True)
+        self.behaviour_attention = Attention(config.hidden)
+        self.out = nn.Linear(config.hidden, n_classes)  # W_c, b_c (eq. 11)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, L, Tr) word ids, ``lengths`` (B,) behaviours per user -> logits (B, K)."""
+        batch, n_behaviours, title_len = tokens.shape
+        behaviour_mask = torch.arange(n_behaviours, device=tokens.device)[None, :] < lengths[:, None]  # (B, L)
+        word_mask = (tokens != 0) & behaviour_mask[:, :, None]  # (B, L, Tr)
+        n_words = word_mask.sum(dim=2)  # (B, L)
+        titled = (n_words > 0).reshape(-1)  # (B*L,) behaviours with a word to read
+        s = self.out.weight.new_zeros(batch * n_behaviours, self.hidden)  # (B*L, hidden)
+        if titled.any():
+            words = tokens.reshape(-1, title_len)[titled]  # (n_titled, Tr)
+            h_words = _bigru_packed(self.word_gru, self.embedding(words),
+                                    n_words.reshape(-1)[titled])  # (n_titled, Tr, hidden) h_it
+            s[titled] = self.word_attention(h_words, word_mask.reshape(-1, title_len)[titled])  # (n_titled, hidden) s_i
+        s = s.reshape(batch, n_behaviours, self.hidden)  # (B, L, hidden)
+        v = s.new_zeros(batch, self.hidden)  # (B, hidden)
+        active = lengths > 0  # (B,) users with a behaviour
+        if active.any():
+            h_behaviours = _bigru_packed(self.behaviour_gru, s[active], lengths[active])  # (n_active, L, hidden) h_i
+            v[active] = self.behaviour_attention(h_behaviours, behaviour_mask[active])  # (n_active, hidden) v
+        return self.out(v)  # (B, K)

@@ -1,0 +1,177 @@
+"""TextCNN and HAN (§3.3): shapes, padding, HAN's attention written out, and end-to-end training on the probe's split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lurm_lite import downstream
+from lurm_lite.competitors import supervised
+from lurm_lite.competitors.han import HAN
+from lurm_lite.competitors.sequences import PAD_ITEM, BehaviourSequences, TitleTokens
+from lurm_lite.competitors.supervised import SUPERVISED_MODELS, train_and_score
+from lurm_lite.competitors.textcnn import TextCNN
+from lurm_lite.config import CompetitorConfig, DownstreamConfig
+
+VOCAB = 30
+ZEBRA = 7  # the word id whose presence in a user's titles is the planted label
+TINY = CompetitorConfig(word_dim=12, hidden=10, cnn_filters=8, cnn_windows=(2, 3), lr=1e-2,
+                        supervised_batch_size=32, supervised_max_epochs=12, supervised_patience=3)
+FAST_DOWNSTREAM = DownstreamConfig(bootstrap=50)
+
+
+def _model(cls, n_classes=3, seed=0):
+    torch.manual_seed(seed)
+    return cls(VOCAB, n_classes, TINY).eval()
+
+
+def _tokens(rng, batch, n_behaviours, title_len, lengths):
+    """Left-aligned titles of 1..title_len words (ids >= 1), all 0 after each user's length."""
+    tokens = np.zeros((batch, n_behaviours, title_len), dtype=np.int64)
+    for b in range(batch):
+        for i in range(lengths[b]):
+            n_words = rng.integers(1, title_len + 1)
+            tokens[b, i, :n_words] = rng.integers(1, VOCAB, n_words)
+    return torch.from_numpy(tokens), torch.as_tensor(lengths, dtype=torch.long)
+
+
+@pytest.mark.parametrize("cls", [TextCNN, HAN])
+def test_logits_shape_and_a_user_without_behaviours_is_finite(cls):
+    tokens, lengths = _tokens(np.random.default_rng(0), 4, 5, 4, [2, 0, 5, 1])
+    logits = _model(cls)(tokens, lengths)
+    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+    alone = _model(cls)(tokens[1:2], lengths[1:2])  # a batch of one empty user only
+    assert alone.shape == (1, 3) and torch.isfinite(alone).all()
+
+
+@pytest.mark.parametrize("cls", [TextCNN, HAN])
+def test_padding_and_the_rest_of_the_batch_do_not_change_a_users_logits(cls):
+    model = _model(cls)
+    tokens, lengths = _tokens(np.random.default_rng(1), 3, 4, 3, [2, 1, 4])
+    with torch.no_grad():
+        reference = model(tokens, lengths)
+        padded = torch.nn.functional.pad(tokens, (0, 2, 0, 3))  # (3, 7, 5): padding words and behaviours
+        torch.testing.assert_close(model(padded, lengths), reference, rtol=0, atol=1e-6)
+        garbage = tokens.clone()
+        garbage[0, 2:] = 5  # words in behaviours at or after the user's length are never read
+        torch.testing.assert_close(model(garbage, lengths), reference, rtol=0, atol=1e-6)
+        # user 1 (one short title) alone, and beside a user of 20 long titles: the wide
+        # batch pads user 1's sequence far beyond its words, and padding must not win
+        long_tokens, long_lengths = _tokens(np.random.default_rng(2), 1, 20, 5, [20])
+        wide = torch.cat([torch.nn.functional.pad(tokens[1:2], (0, 2, 0, 16)), long_tokens])
+        beside = model(wide, torch.cat([lengths[1:2], long_lengths]))[0]
+        torch.testing.assert_close(beside, model(tokens[1:2], lengths[1:2])[0], rtol=0, atol=1e-6)
+
+
+def _attention_loops(attention, h):
+    """Yang et al.'s eq. (5)-(7) / (8)-(10) over the rows of h (T, dim), one position at a time."""
+    W, b, context = attention.project.weight, attention.project.bias, attention.context
+    scores = []
+    for t in range(h.shape[0]):
+        u_t = torch.tanh(W @ h[t] + b)  # eq. (5)
+        scores.append(torch.dot(u_t, context))
+    total = sum(torch.exp(s) for s in scores)
+    out = torch.zeros(h.shape[1])
+    for t in range(h.shape[0]):
+        out = out + torch.exp(scores[t]) / total * h[t]  # eq. (6)-(7)
+    return out
+
+
+def _han_loops(model: HAN, tokens, lengths):
+    """HAN's logits user by user, behaviour by behaviour: each title's real words alone through the word GRU."""
+    logits = []
+    for b in range(tokens.shape[0]):
+        behaviour_vectors = []
+        for i in range(int(lengths[b])):
+            words = tokens[b, i][tokens[b, i] != 0]
+            h_words = model.word_gru(model.embedding(words)[None])[0][0]  # (n_words, hidden)
+            behaviour_vectors.append(_attention_loops(model.word_attention, h_words))
+        v = torch.zeros(model.hidden)
+        if behaviour_vectors:
+            h_behaviours = model.behaviour_gru(torch.stack(behaviour_vectors)[None])[0][0]  # (n, hidden)
+            v = _attention_loops(model.behaviour_attention, h_behaviours)
+        logits.append(model.out(v))
+    return torch.stack(logits)
+
+
+def test_han_word_and_behaviour_attention_match_a_written_out_reference():
+    model = _model(HAN, seed=3)
+    tokens, lengths = _tokens(np.random.default_rng(3), 5, 4, 5, [4, 0, 1, 3, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, lengths), _han_loops(model, tokens, lengths), rtol=0, atol=1e-5)
+
+
+def _planted_task(n_users=400, seed=0):
+    """Users of 1..6 behaviours on 60 items of 2-4 words; label 1 iff one of their titles holds ZEBRA."""
+    rng = np.random.default_rng(seed)
+    n_items, title_len, length = 60, 4, 6
+    tokens = np.zeros((n_items, title_len), dtype=np.int64)
+    title_lengths = rng.integers(2, title_len + 1, n_items)
+    for item, n_words in enumerate(title_lengths):
+        tokens[item, :n_words] = rng.choice(np.setdiff1d(np.arange(1, VOCAB), [ZEBRA]), n_words)
+    zebra_items = np.arange(8)
+    tokens[zebra_items, rng.integers(0, 2, len(zebra_items))] = ZEBRA
+    titles = TitleTokens(tokens, title_lengths, VOCAB)
+    y = rng.integers(0, 2, n_users)
+    lengths = rng.integers(1, length + 1, n_users)
+    items = np.full((n_users, length), PAD_ITEM, dtype=np.int64)
+    for u in range(n_users):
+        items[u, :lengths[u]] = rng.integers(len(zebra_items), n_items, lengths[u])
+        if y[u]:
+            items[u, rng.integers(0, lengths[u])] = rng.choice(zebra_items)
+    return BehaviourSequences(np.arange(n_users, dtype=np.int64) * 3, items, lengths), titles, y
+
+
+@pytest.mark.parametrize("name", sorted(SUPERVISED_MODELS))
+def test_a_planted_word_is_learnt(name):
+    seqs, titles, y = _planted_task()
+    result = train_and_score(name, seqs, titles, y, TINY, FAST_DOWNSTREAM, seed=0)
+    assert result["auc"] > 0.9, result
+    assert result["auc_ci95"][0] <= result["auc"] <= result["auc_ci95"][1]
+    assert 1 <= result["epochs"] <= TINY.supervised_max_epochs and result["train_seconds"] > 0
+
+
+def test_the_split_is_the_probes_and_multiclass_tasks_work(monkeypatch):
+    seqs, titles, _ = _planted_task(n_users=150, seed=1)
+    y = np.random.default_rng(1).integers(0, 3, 150)
+    seen = []  # rows of every no-grad pass: validation after each epoch, then the test users
+    logits = supervised._logits
+
+    def recording_logits(model, seqs, titles, rows, *rest):
+        seen.append(rows)
+        return logits(model, seqs, titles, rows, *rest)
+
+    monkeypatch.setattr(supervised, "_logits", recording_logits)
+    config = CompetitorConfig(**{**vars(TINY), "supervised_max_epochs": 2})
+    result = train_and_score("TextCNN", seqs, titles, y, config, FAST_DOWNSTREAM, seed=5)
+    train_idx, test_idx = downstream.split_indices(y, 5, FAST_DOWNSTREAM.test_fraction)
+    _, val_idx = downstream.validation_split(train_idx, y[train_idx], FAST_DOWNSTREAM.validation_fraction, 5)
+    assert seen[-1].tolist() == test_idx.tolist()
+    assert all(rows.tolist() == val_idx.tolist() for rows in seen[:-1]) and len(seen) == 1 + result["epochs"]
+    probe = downstream.evaluate_task(np.random.default_rng(0).normal(size=(150, 4)), y, FAST_DOWNSTREAM, seed=5)
+    assert result["n_test"] == probe["n_test"] == len(test_idx)
+    assert 0.0 <= result["auc"] <= 1.0 and 0.0 <= result["acc"] <= 1.0
+
+
+def test_seeded_runs_agree_and_leave_the_global_rng_alone():
+    seqs, titles, y = _planted_task(n_users=120, seed=2)
+    config = CompetitorConfig(**{**vars(TINY), "supervised_max_epochs": 3})
+    state = torch.random.get_rng_state()
+    runs = [train_and_score("HAN", seqs, titles, y, config, FAST_DOWNSTREAM, seed=4) for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for run in runs:
+        run.pop("train_seconds")
+    assert runs[0] == runs[1]
+    other = train_and_score("HAN", seqs, titles, y, config, FAST_DOWNSTREAM, seed=5)
+    assert other["auc"] != runs[0]["auc"]  # the seed reaches the split and the weights
+
+
+def test_bad_input_is_refused():
+    seqs, titles, y = _planted_task(n_users=50)
+    with pytest.raises(ValueError, match="unknown supervised competitor"):
+        train_and_score("BERT", seqs, titles, y, TINY, FAST_DOWNSTREAM, seed=0)
+    with pytest.raises(ValueError, match="one row per labelled user"):
+        train_and_score("HAN", seqs, titles, y[:-1], TINY, FAST_DOWNSTREAM, seed=0)
+    with pytest.raises(ValueError, match="even hidden size"):
+        HAN(VOCAB, 2, CompetitorConfig(hidden=9))
