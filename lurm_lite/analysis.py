@@ -35,10 +35,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import baselines, clustering, downstream, io
+from lurm_lite import baselines, clustering, downstream, io, periods
 from lurm_lite.boi import BoISequences, build_boi
-from lurm_lite.config import (ITEMS_PER_INTEREST, PAPER_LENGTHS_MONTHS, ClusteringConfig, DownstreamConfig,
-                              SMENConfig, UserTrainingConfig)
+from lurm_lite.competitors import ptum, sequences, sumn, supervised
+from lurm_lite.config import (ITEMS_PER_INTEREST, PAPER_LENGTHS_MONTHS, ClusteringConfig, CompetitorConfig,
+                              DownstreamConfig, SMENConfig, UserTrainingConfig)
 from lurm_lite.io import load_json, save_npz
 from lurm_lite.periods import LIFE, months_per_period
 from lurm_lite.runs import RunPaths
@@ -110,6 +111,47 @@ def evaluate_representation(X, user_ids: np.ndarray, dataset, config: Downstream
     ``downstream.all_task_labels``) when evaluating many representations.
     """
     return downstream.evaluate(X, np.asarray(user_ids), dataset, config, seed, device="cpu", labels=labels)
+
+
+
+def same_length_comparison(run: RunPaths, dataset, user_ids: np.ndarray, model: SMEN, boi: Mapping[str, BoISequences],
+                           competitor_config: CompetitorConfig, config: DownstreamConfig, seed: int,
+                           device: str | torch.device, labels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                           months: int = 2) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Tables 3-4's comparison at equal input (§3.4-3.5): every method fed only the last ``months``.
+
+    The paper gives its competitors "behavior data of two months" on the industrial data and
+    finds LURM(2M) ahead of all of them at that length. Here: LURM(2M) (the trained SMEN of
+    notebook 04, encoded over the window), PTUM and SUMN as pre-trained in notebook 05
+    (``run.pretrained``; a model not there is left out) encoding the window's L most recent
+    behaviours, and TextCNN and HAN trained per task on that same input and split. Returns
+    ``({"LURM(2M)" | "<method>(2M)": {task: metrics}}, {method: seconds})``.
+    """
+    start_ts = periods.window_start_ts(dataset.history_end_ts, months)
+    seqs = sequences.recent_behaviours(dataset.history(), user_ids, competitor_config.sequence_length, since_ts=start_ts)
+    titles = sequences.title_tokens(dataset.items["title"].tolist(), load_json(run.text))
+    label = f"({months}M)"
+    timed = {}
+
+    def clock(name: str, evaluate: Callable[[], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        began = time.perf_counter()
+        out = evaluate()
+        timed[name] = round(time.perf_counter() - began, 1)
+        return out
+
+    rows = {f"LURM{label}": clock(f"LURM{label}", lambda: evaluate_representation(
+        encode_users(model, dict(boi), user_ids, device, last_months=months, history_end_ts=dataset.history_end_ts),
+        user_ids, dataset, config, seed, labels))}
+    for name, (load, encode) in {"PTUM": (ptum.load_ptum, ptum.encode_ptum),
+                                 "SUMN": (sumn.load_sumn, sumn.encode_sumn)}.items():
+        if run.pretrained(name).exists():
+            rows[name + label] = clock(name + label, lambda: evaluate_representation(
+                encode(load(run.pretrained(name), device), seqs, titles, device), user_ids, dataset, config, seed,
+                labels))
+    for name in supervised.SUPERVISED_MODELS:
+        rows[name + label] = clock(name + label, lambda: supervised.train_on_tasks(
+            name, seqs, titles, dict(labels), competitor_config, config, seed, device)[0])
+    return rows, timed
 
 
 def metrics_frame(per_setting: Mapping[Any, Mapping[str, Mapping[str, Any]]], setting: str = "setting") -> pd.DataFrame:
@@ -715,6 +757,19 @@ def length_findings(stage: Mapping[str, Any]) -> str:
                      f"least level on {_of(len(ahead), len(tasks))} tasks"
                      + (": " + "; ".join(_versus("RFM", rfm_best[t], "LURM", best[t]) + f" ({t})" for t in ahead)
                         + ": there the window mostly tells how active the user is." if ahead else "."))
+    same = {k: {t: m["auc"] for t, m in per.items()} for k, per in stage.get("same_length", {}).items()}
+    lurm_short = next((k for k in same if k.startswith("LURM(")), None)
+    others = [k for k in same if k != lurm_short]
+    if lurm_short and others:
+        tasks_same = [t for t in same[lurm_short] if all(t in same[k] for k in others)]
+        ahead = [t for t in tasks_same if all(same[lurm_short][t] > same[k][t] for k in others)]
+        best_other = {t: max(others, key=lambda k: same[k][t]) for t in tasks_same}
+        lines.append(f"- **Same input, {lurm_short[4:]}** (Tables 3-4): {lurm_short} is above every sequence model "
+                     f"({', '.join(others)}) on {_of(len(ahead), len(tasks_same))} tasks (the paper: on all)"
+                     + ("; behind the best of them on " + "; ".join(
+                         _versus(lurm_short, same[lurm_short][t], best_other[t], same[best_other[t]][t]) + f" ({t})"
+                         for t in [t for t in tasks_same if t not in ahead][:3]) + "."
+                        if len(ahead) < len(tasks_same) else "."))
     coverage = stage["users_with_behaviour"]
     lines.append("- **Coverage**: users with a behaviour in the window: "
                  + ", ".join(f"{w} {coverage[w]:.0%}" for w in names)
