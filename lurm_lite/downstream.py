@@ -379,7 +379,7 @@ def bootstrap_auc_ci(y_true: np.ndarray, proba: np.ndarray, n_resamples: int, se
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(device: str | torch.device) -> Iterator[None]:
+def one_cpu_thread(device: str | torch.device) -> Iterator[None]:
     """Run torch on one CPU thread inside the block (restored after) when ``device`` is the CPU.
 
     The probe is tiny (batch 128, hidden 64): intra-op threads only add synchronisation at
@@ -403,7 +403,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     ``X`` rows are the task's users in ascending id order and ``y`` their labels
     (as from :func:`task_labels`). The validation part for early stopping is
     ``config.validation_fraction`` of the training 80%, stratified and seeded too. On the
-    CPU the probe runs on one thread (see :func:`_one_cpu_thread`).
+    CPU the probe runs on one thread (see :func:`one_cpu_thread`).
 
     Returns ``{"auc", "acc", "auc_ci95": [lo, hi], "n_test"}``.
     """
@@ -412,7 +412,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     fit_idx, val_idx = validation_split(train_idx, y[train_idx], config.validation_fraction, seed)
     X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     scaler = fit_scaler(X[train_idx])
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         probe = train_probe(scaler.transform(X[fit_idx]), y[fit_idx], scaler.transform(X[val_idx]), y[val_idx],
                             n_classes, config, seed, device, input_offset=getattr(scaler, "offset_", None))
         proba = predict_proba(probe, scaler.transform(X[test_idx]), config.batch_size * 8, device)
@@ -425,7 +425,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
 def probe_workers(config: DownstreamConfig, device: str | torch.device, n_tasks: int) -> int:
     """How many processes probe the tasks of one :func:`evaluate` call side by side.
 
-    A probe runs on one CPU thread (:func:`_one_cpu_thread`), so on a machine with several
+    A probe runs on one CPU thread (:func:`one_cpu_thread`), so on a machine with several
     cores the tasks are probed in worker processes, one per core (``config.workers``; None:
     the cores this process may use), never more than there are tasks. The result is the
     same to the bit as probing them one after the other in this process: each task's probe

@@ -11,7 +11,7 @@ probe's split exactly (``downstream.split_indices`` for the 80/20 test split, th
 Beyond the paper, which does not say how long they train: early stopping on the validation
 cross-entropy, as the probe's ``train_probe``, with ``CompetitorConfig``'s
 ``supervised_max_epochs`` and ``supervised_patience``. On the CPU training runs on one
-thread, as the probe (``downstream._one_cpu_thread``): on the busy 2-core development
+thread, as the probe (``downstream.one_cpu_thread``): on the busy 2-core development
 machine one step of batch 256, L = 50, Tr = 12 at the default sizes took 2.2 s (TextCNN) and
 3.2 s (HAN) on one thread against 2.9 s and 7.2 s on two, and the tests' tiny HAN 10x less.
 """
@@ -84,7 +84,7 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
                                                    seed)
     batch_size = competitor_config.supervised_batch_size
     y_t = torch.from_numpy(np.asarray(y, dtype=np.int64))  # (n,)
-    with downstream._one_cpu_thread(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with downstream.one_cpu_thread(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # initial weights and dropout masks
         model = SUPERVISED_MODELS[name](titles.vocab_size, n_classes, competitor_config).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=competitor_config.lr)
