@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from lurm_lite import io
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
-from lurm_lite.user_training import _rng_states, _set_rng_states, inference
+from lurm_lite.user_training import inference
 
 DROPOUT = 0.2  # word and Transformer dropout (the authors' code)
 FEEDFORWARD_FACTOR = 4  # Transformer feed-forward width / H (BERT)
@@ -350,7 +350,7 @@ def pretrain_ptum(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, first_epoch = ckpt["history"], ckpt["epoch"]
-        _set_rng_states(ckpt["rng"])
+        io.set_rng_states(ckpt["rng"])
 
     bs = config.pretrain_batch_size
     steps_per_epoch = -(-len(trainable) // bs)
@@ -378,7 +378,7 @@ def pretrain_ptum(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
         if checkpoint_path is not None:
             io.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "rng": _rng_states(), "config": dataclasses.asdict(config), "inputs": inputs,
+                "history": history, "rng": io.rng_states(), "config": dataclasses.asdict(config), "inputs": inputs,
             })
     bar.close()
     return model.eval(), history

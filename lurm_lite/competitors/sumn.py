@@ -265,20 +265,6 @@ def _load_resumable(path: Path, inputs: dict, epochs: int, dev: torch.device) ->
     return None
 
 
-def _rng_states() -> dict:
-    """torch's global RNG states, the only global generator SUMN draws from (its initialisation)."""
-    states = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig,
                   device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                   progress: bool = True) -> tuple[SUMN, dict]:
@@ -313,7 +299,7 @@ def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, first_epoch = ckpt["history"], ckpt["epoch"]
-        _set_rng_states(ckpt["rng"])
+        io.set_rng_states(ckpt["rng"])
 
     users = np.flatnonzero(seqs.lengths >= MIN_TRAIN_BEHAVIOURS)  # (n_train,) rows of seqs
     if len(users) == 0:
@@ -344,7 +330,7 @@ def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
         if checkpoint_path is not None:
             io.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "rng": _rng_states(), "inputs": inputs,
+                "history": history, "rng": io.rng_states(), "inputs": inputs,
             })
     bar.close()
     return model.eval(), history
