@@ -46,7 +46,6 @@ longest user), Tr words per title, H hidden size, P negatives, K next behaviours
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -58,7 +57,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lurm_lite import io
-from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
+from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens, data_fingerprint
 from lurm_lite.config import CompetitorConfig
 from lurm_lite.user_training import inference
 
@@ -268,16 +267,6 @@ def sample_batch(items: np.ndarray, lengths: np.ndarray, titles: TitleTokens, co
 # ---------------------------------------------------------------------------------------
 # 5. Pre-training (resumable), encoding, saving
 # ---------------------------------------------------------------------------------------
-
-
-def data_fingerprint(seqs: BehaviourSequences, titles: TitleTokens) -> str:
-    """SHA-256 over every array of the sequences and the titles (what a PTUM pre-trained on them saw)."""
-    digest = hashlib.sha256(f"vocab:{titles.vocab_size}".encode())
-    for array in (seqs.user_ids, seqs.items, seqs.lengths, titles.tokens, titles.lengths):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
 
 
 def _checkpoint_inputs(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig, seed: int) -> dict:

@@ -28,7 +28,6 @@ the user vector): every formula below beyond that is our choice and says so.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lurm_lite import io
-from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
+from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens, data_fingerprint
 from lurm_lite.config import CompetitorConfig
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes: older ones are not resumed
@@ -220,16 +219,6 @@ def split_halves(lengths: np.ndarray, length: int, rng: np.random.Generator) -> 
     rank = np.argsort(np.argsort(keys, axis=1), axis=1)  # (b, L) random rank of each behaviour
     part_a = rank < (lengths // 2)[:, None]  # (b, L)
     return part_a, valid & ~part_a
-
-
-def data_fingerprint(seqs: BehaviourSequences, titles: TitleTokens) -> str:
-    """SHA-256 over every array SUMN learns from (the sequences and the titles' word ids)."""
-    digest = hashlib.sha256(f"vocab:{titles.vocab_size}".encode())
-    for array in (seqs.user_ids, seqs.items, seqs.lengths, titles.tokens, titles.lengths):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
 
 
 def _checkpoint_inputs(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig, seed: int) -> dict:
