@@ -28,17 +28,16 @@ the user vector): every formula below beyond that is our choice and says so.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lurm_lite import io
-from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens, data_fingerprint
+from lurm_lite.competitors import pretraining
+from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes: older ones are not resumed
@@ -221,56 +220,21 @@ def split_halves(lengths: np.ndarray, length: int, rng: np.random.Generator) -> 
     return part_a, valid & ~part_a
 
 
-def _checkpoint_inputs(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig, seed: int) -> dict:
-    """What a checkpoint must have been written from to be resumed (plain data); the epoch count aside."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "pretrain_epochs"}
-    return {"format": CHECKPOINT_FORMAT, "config": settings, "seed": int(seed),
-            "data": data_fingerprint(seqs, titles)}
-
-
-def _load_resumable(path: Path, inputs: dict, epochs: int, dev: torch.device) -> dict | None:
-    """The checkpoint at ``path`` when it may be resumed, else None with a printed reason."""
-    try:
-        ckpt = io.load_torch(path, map_location=dev)
-        saved = ckpt.get("inputs") if isinstance(ckpt, dict) else None
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            reason = "it is not a SUMN checkpoint of this format"
-        elif saved["data"] != inputs["data"]:
-            reason = "its behaviour sequences or titles differ"
-        elif saved["seed"] != inputs["seed"]:
-            reason = f"it was trained with seed {saved['seed']}, not {inputs['seed']}"
-        elif saved["config"] != inputs["config"]:
-            changed = sorted(k for k in inputs["config"] if saved["config"].get(k) != inputs["config"][k])
-            reason = f"its config differs ({', '.join(changed)})"
-        elif ckpt["epoch"] > epochs:
-            reason = f"it has trained {ckpt['epoch']} epochs, more than the {epochs} asked for"
-        else:
-            return ckpt
-    except io.UnsafeArtifact:
-        reason = "it holds objects other than tensors and plain data"
-    except (RuntimeError, EOFError, KeyError, OSError) as exc:
-        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
-    print(f"[lurm_lite] not resuming {path}: {reason}; pre-training SUMN from scratch")
-    return None
-
-
 def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig,
                   device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                   progress: bool = True) -> tuple[SUMN, dict]:
     """Pre-train SUMN with the behavioural consistency loss (:meth:`SUMN.consistency_loss`).
 
-    An epoch visits every user with at least ``MIN_TRAIN_BEHAVIOURS`` behaviours once, in a
-    random order, ``config.pretrain_batch_size`` users a step, Adam(``config.lr``); each step
-    splits each user's behaviours into two random disjoint halves (:func:`split_halves`).
-    Users with fewer behaviours are not trained on (they are still encoded). All sampling in
-    epoch e uses ``np.random.default_rng([seed, e])``, so a run resumed from the checkpoint
-    of epoch e continues exactly as an uninterrupted one.
+    The loop is :func:`.pretraining.pretrain`'s: an epoch visits every user with at least
+    ``MIN_TRAIN_BEHAVIOURS`` behaviours once, in a random order, ``config.pretrain_batch_size``
+    users a step, Adam(``config.lr``); each step splits each user's behaviours into two random
+    disjoint halves (:func:`split_halves`). Users with fewer behaviours are not trained on
+    (they are still encoded). All sampling in epoch e uses ``np.random.default_rng([seed, e])``,
+    so a run resumed from the checkpoint of epoch e continues exactly as an uninterrupted one.
 
-    ``checkpoint_path``: written atomically after every epoch (model, optimizer, torch RNG
-    states, epoch, history, and the inputs: config as a dict, seed, :func:`data_fingerprint`).
-    An existing one is continued when written from the same data, seed and config
-    (``pretrain_epochs`` aside) with at most ``pretrain_epochs`` epochs done; otherwise a line
-    says why and training starts from scratch.
+    ``checkpoint_path``: written after every epoch (:mod:`.pretraining`); continued when
+    written from the same data, seed and config (``pretrain_epochs`` aside) with at most
+    ``pretrain_epochs`` epochs done; otherwise a line says why and training starts from scratch.
 
     Returns (model in eval mode, ``{"epoch": mean loss per epoch, "seconds": training time,
     summed over resumed runs}``).
@@ -278,51 +242,20 @@ def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
     dev = io.device(device)
     torch.manual_seed(seed)
     model = SUMN(titles.vocab_size, config).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: dict = {"epoch": [], "seconds": 0.0}
-    first_epoch = 0
-    inputs = _checkpoint_inputs(seqs, titles, config, seed) if checkpoint_path is not None else None
-    ckpt = (_load_resumable(Path(checkpoint_path), inputs, config.pretrain_epochs, dev)
-            if checkpoint_path is not None and Path(checkpoint_path).exists() else None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, first_epoch = ckpt["history"], ckpt["epoch"]
-        io.set_rng_states(ckpt["rng"])
-
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "pretrain_epochs"}
+    inputs = (pretraining.checkpoint_inputs(seqs, titles, settings, seed, CHECKPOINT_FORMAT)
+              if checkpoint_path is not None else None)
     users = np.flatnonzero(seqs.lengths >= MIN_TRAIN_BEHAVIOURS)  # (n_train,) rows of seqs
     if len(users) == 0:
         raise ValueError(f"SUMN pre-training needs a user with at least {MIN_TRAIN_BEHAVIOURS} behaviours")
-    bs = config.pretrain_batch_size
-    steps_per_epoch = -(-len(users) // bs)
-    bar = tqdm(total=config.pretrain_epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
-               disable=not progress, desc="SUMN", unit="step")
-    model.train()
-    for epoch in range(first_epoch, config.pretrain_epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(users)  # (n_train,)
-        losses = []
-        for step in range(steps_per_epoch):
-            rows = order[step * bs:(step + 1) * bs]  # (b,)
-            part_a, part_b = split_halves(seqs.lengths[rows], seqs.length, rng)  # (b, L) each
-            tokens = torch.from_numpy(behaviour_tokens(seqs.items[rows], titles)).to(dev)  # (b, L, Tr)
-            loss = model.consistency_loss(tokens, torch.from_numpy(part_a).to(dev), torch.from_numpy(part_b).to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        history["epoch"].append(float(np.mean(losses)))
-        history["seconds"] = float(history["seconds"]) + time.perf_counter() - started
-        if checkpoint_path is not None:
-            io.save_torch(checkpoint_path, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "rng": io.rng_states(), "inputs": inputs,
-            })
-    bar.close()
-    return model.eval(), history
+
+    def loss_of_batch(rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        part_a, part_b = split_halves(seqs.lengths[rows], seqs.length, rng)  # (b, L) each
+        tokens = torch.from_numpy(behaviour_tokens(seqs.items[rows], titles)).to(dev)  # (b, L, Tr)
+        return model.consistency_loss(tokens, torch.from_numpy(part_a).to(dev), torch.from_numpy(part_b).to(dev))
+
+    return pretraining.pretrain("SUMN", model, loss_of_batch, users, config, dev, seed, checkpoint_path, inputs,
+                                progress)
 
 
 def encode_sumn(model: SUMN, seqs: BehaviourSequences, titles: TitleTokens, device: torch.device | str | None,
