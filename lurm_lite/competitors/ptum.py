@@ -3,10 +3,10 @@ Self-supervision", arXiv 2010.01494), the BERT-like competitor of the LURM paper
 
 Read top to bottom:
 
-1. ``AttentionPooling``: the additive attention of the PTUM / NRMS family,
+1. ``AdditiveAttention`` (:mod:`.encoders`): the additive attention of the PTUM / NRMS family,
    a_i = softmax_i(q^T tanh(V x_i + v)), pooled = sum_i a_i x_i;
-2. ``BehaviourEncoder`` (Wu et al.'s behaviour encoder): a behaviour is its item's title;
-   word embeddings pooled by attention, then a linear map to the hidden size H;
+2. ``TitleEncoder`` (:mod:`.encoders`; Wu et al.'s behaviour encoder): a behaviour is its item's
+   title; word embeddings pooled by attention, then a linear map to the hidden size H;
 3. ``PTUM`` (Wu et al.'s user encoder): learned position embeddings over the L
    behaviours, a Transformer encoder and attention pooling over behaviours give the user
    vector u; ``pretraining_losses`` holds the two self-supervision tasks of Wu et al.:
@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from lurm_lite import io
 from lurm_lite.competitors import pretraining
+from lurm_lite.competitors.encoders import AdditiveAttention, TitleEncoder
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
 from lurm_lite.user_training import inference
@@ -73,45 +74,9 @@ TRAINING_FIELDS = ("sequence_length", "word_dim", "hidden", "heads", "layers", "
 # ---------------------------------------------------------------------------------------
 
 
-class AttentionPooling(nn.Module):
-    """Additive attention pooling (Wu et al.; NRMS): a_i = softmax_i(q^T tanh(V x_i + v)), sum_i a_i x_i.
-
-    Only valid positions take part; a row without one pools to the zero vector (no NaN).
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.key = nn.Linear(dim, dim)  # V, v
-        self.query = nn.Linear(dim, 1, bias=False)  # q
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x (N, T, d), valid (N, T) bool -> (N, d)."""
-        scores = self.query(torch.tanh(self.key(x))).squeeze(-1)  # (N, T)
-        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)  # (N, T)
-        weights = torch.softmax(scores, dim=-1) * valid  # (N, T) all 0 in a row without a valid position
-        return torch.einsum("nt,ntd->nd", weights, x)  # (N, d)
-
-
-class BehaviourEncoder(nn.Module):
-    """A behaviour's title -> its vector (Wu et al.): word embeddings, attention pooling, linear to H."""
-
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int):
-        super().__init__()
-        self.words = nn.Embedding(vocab_size, word_dim, padding_idx=0)
-        self.dropout = nn.Dropout(DROPOUT)
-        self.pool = AttentionPooling(word_dim)
-        self.project = nn.Linear(word_dim, hidden)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (..., Tr) int64 word ids, 0 = padding -> (..., H).
-
-        An all-padding title (a padding behaviour) gives the bias of ``project`` only; the
-        user encoder masks those positions.
-        """
-        flat = tokens.reshape(-1, tokens.shape[-1])  # (N, Tr)
-        words = self.dropout(self.words(flat))  # (N, Tr, word_dim)
-        title = self.pool(words, flat != 0)  # (N, word_dim)
-        return self.project(title).reshape(*tokens.shape[:-1], -1)  # (..., H)
+# :class:`~lurm_lite.competitors.encoders.AdditiveAttention` pools words and behaviours;
+# the behaviour encoder is ``TitleEncoder(vocab_size, word_dim, H, dropout=DROPOUT)``: word
+# embeddings (dropout), attention pooling, a linear map to H, no activation.
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,14 +116,14 @@ class PTUM(nn.Module):
         self.vocab_size = int(vocab_size)
         self.config = config
         hidden = config.hidden
-        self.behaviours = BehaviourEncoder(vocab_size, config.word_dim, hidden)
+        self.behaviours = TitleEncoder(vocab_size, config.word_dim, hidden, dropout=DROPOUT)
         self.position = nn.Embedding(config.sequence_length, hidden)  # learned, over the L behaviours
         nn.init.normal_(self.position.weight, std=INIT_STD)
         self.mask_vector = nn.Parameter(INIT_STD * torch.randn(hidden))  # MBP: stands in for a masked behaviour
         layer = nn.TransformerEncoderLayer(hidden, config.heads, dim_feedforward=FEEDFORWARD_FACTOR * hidden,
                                            dropout=DROPOUT, batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.user_pool = AttentionPooling(hidden)
+        self.user_pool = AdditiveAttention(hidden)
         self.next_slot = nn.Embedding(config.next_k, hidden)  # NBP: p_k added to the k-th next candidate
         nn.init.normal_(self.next_slot.weight, std=INIT_STD)
 

@@ -12,7 +12,7 @@ SUMN as its abstract describes it has two parts:
 
 Read top to bottom:
 
-1. ``BehaviourEncoder``: a behaviour is its item's title (word ids from
+1. ``behaviour_encoder``: a behaviour is its item's title (word ids from
    :func:`~lurm_lite.competitors.sequences.behaviour_tokens`) -> one vector h_j;
 2. ``MultiHopAggregation``: h_1..h_L -> u_K, the user representation;
 3. ``SUMN``: both, plus the word-prediction head and the consistency loss;
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from lurm_lite import io
 from lurm_lite.competitors import pretraining
+from lurm_lite.competitors.encoders import TitleEncoder, attention_pool
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
 
@@ -45,44 +46,33 @@ MIN_TRAIN_BEHAVIOURS = 2  # the consistency loss needs two disjoint non-empty be
 SPECIAL_WORDS = 2  # word ids 0 (padding) and 1 (unknown) are never prediction targets
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis among ``mask``'s True entries; a row without one gives zeros.
-
-    Masked scores become the dtype's minimum, so their exp underflows to exactly 0 beside any
-    real score; multiplying by the mask then zeroes the uniform row of an all-masked input,
-    which would otherwise be NaN with -inf.
-    """
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # (..., n)
-    return torch.softmax(filled, dim=-1) * mask  # (..., n)
-
-
 # ---------------------------------------------------------------------------------------
 # 1. Behaviour encoder: a title -> h_j
 # ---------------------------------------------------------------------------------------
 
 
-class BehaviourEncoder(nn.Module):
+def behaviour_encoder(vocab_size: int, word_dim: int, hidden: int) -> TitleEncoder:
     """A behaviour's title -> h_j = tanh(W^b sum_w a_w e_w + b^b), (..., Tr) -> (..., H).
 
     SUMN embeds a behaviour (a search query there, a title here) from its words; we pool the
     word embeddings e_w with additive attention a_w = softmax_w(q^T tanh(W^w e_w + b^w)) over
-    the title's words (HAN's word level, Yang et al. 2016), our choice: the paper's word
-    encoder was not at hand. A title of padding only (a padding behaviour) pools to 0.
+    the title's words (HAN's word level, Yang et al. 2016), W^w of width H, our choice: the
+    paper's word encoder was not at hand. A title of padding only (a padding behaviour) pools
+    to 0. The shared :class:`~lurm_lite.competitors.encoders.TitleEncoder` with tanh and no
+    dropout; its ``pool.key``, ``pool.query`` and ``project`` are W^w, q and W^b.
     """
+    return TitleEncoder(vocab_size, word_dim, hidden, activation=nn.Tanh(), attention_dim=hidden)
 
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int):
-        super().__init__()
-        self.words = nn.Embedding(vocab_size, word_dim, padding_idx=0)  # e_w
-        self.word_key = nn.Linear(word_dim, hidden)  # W^w, b^w
-        self.word_query = nn.Linear(hidden, 1, bias=False)  # q
-        self.out = nn.Linear(word_dim, hidden)  # W^b, b^b
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        e = self.words(tokens)  # (..., Tr, E)
-        scores = self.word_query(torch.tanh(self.word_key(e))).squeeze(-1)  # (..., Tr)
-        a = masked_softmax(scores, tokens > 0)  # (..., Tr) a_w, 0 on padding words
-        pooled = (a.unsqueeze(-1) * e).sum(-2)  # (..., E)
-        return torch.tanh(self.out(pooled))  # (..., H) h_j
+# Parameter names of SUMN's encoder before it was the shared TitleEncoder: files written then still load.
+_LEGACY_ENCODER_NAMES = {"word_key.": "pool.key.", "word_query.": "pool.query.", "out.": "project."}
+
+
+def _rename_legacy_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    for key in list(state_dict):
+        for old, new in _LEGACY_ENCODER_NAMES.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,8 +116,7 @@ class MultiHopAggregation(nn.Module):
         u = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H) u_0
         for key, query, score, update in zip(self.behaviour_key, self.user_query, self.score, self.update):
             e = score(torch.tanh(key(h) + query(u).unsqueeze(1))).squeeze(-1)  # (B, L) e_kj
-            alpha = masked_softmax(e, mask)  # (B, L) alpha_kj
-            c = (alpha.unsqueeze(-1) * h).sum(1)  # (B, H) c_k
+            c = attention_pool(e, h, mask)  # (B, H) c_k = sum_j alpha_kj h_j, alpha_kj = softmax_j(e_kj)
             u = update(u) + c  # (B, H) u_k
         return u
 
@@ -162,7 +151,8 @@ class SUMN(nn.Module):
         super().__init__()
         self.vocab_size = int(vocab_size)
         self.config = config
-        self.encoder = BehaviourEncoder(self.vocab_size, config.word_dim, config.hidden)
+        self.encoder = behaviour_encoder(self.vocab_size, config.word_dim, config.hidden)
+        self.encoder.register_load_state_dict_pre_hook(_rename_legacy_encoder_keys)
         self.aggregation = MultiHopAggregation(config.hidden, config.hops)
         self.word_head = nn.Linear(config.hidden, self.vocab_size)  # W^o, b^o
 
