@@ -30,7 +30,10 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def attention_pool(scores: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum_i softmax_i(scores) x_i over the valid positions: scores (..., T), x (..., T, d), mask (..., T) -> (..., d)."""
+    """sum_i softmax_i(scores) x_i over the valid positions.
+
+    scores (..., T), x (..., T, d), mask (..., T) bool -> (..., d).
+    """
     weights = masked_softmax(scores, mask)  # (..., T)
     return (weights.unsqueeze(-1) * x).sum(-2)  # (..., d)
 
