@@ -33,7 +33,7 @@ import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -274,8 +274,8 @@ def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.n
     optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr)
     shuffle = torch.Generator().manual_seed(seed)
     y_fit_t, y_val_t = torch.from_numpy(y_fit).to(device), torch.from_numpy(y_val)
-    best_loss, best_state, epochs_since_best = math.inf, copy.deepcopy(probe.state_dict()), 0
-    for _ in range(config.max_epochs):
+
+    def train_epoch() -> None:
         probe.train()
         for batch in torch.randperm(len(y_fit), generator=shuffle).split(config.batch_size):
             logits = probe(_probe_input(X_fit, batch.numpy(), device))  # (B, K)
@@ -283,15 +283,35 @@ def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.n
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        val_loss = F.cross_entropy(_logits(probe, X_val, config.batch_size * 8, device), y_val_t).item()
+
+    def validation_loss() -> float:
+        return F.cross_entropy(_logits(probe, X_val, config.batch_size * 8, device), y_val_t).item()
+
+    early_stopping(probe, train_epoch, validation_loss, config.max_epochs, config.patience)
+    return probe
+
+
+def early_stopping(model: nn.Module, train_epoch: Callable[[], None], validation_loss: Callable[[], float],
+                   max_epochs: int, patience: int) -> int:
+    """Train ``model`` epoch by epoch, stopping after ``patience`` epochs without a lower validation loss.
+
+    ``train_epoch()`` runs one epoch; ``validation_loss()`` measures after it. At most
+    ``max_epochs`` epochs; the weights of the best epoch (a strictly lower loss) are restored
+    at the end. Returns the number of epochs run. The probe's and the supervised
+    competitors' loop.
+    """
+    best_loss, best_state, epochs_since_best, epochs = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    for epochs in range(1, max_epochs + 1):
+        train_epoch()
+        val_loss = validation_loss()
         if val_loss < best_loss:
-            best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(probe.state_dict()), 0
+            best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             epochs_since_best += 1
-            if epochs_since_best >= config.patience:
+            if epochs_since_best >= patience:
                 break
-    probe.load_state_dict(best_state)
-    return probe
+    model.load_state_dict(best_state)
+    return epochs
 
 
 @torch.no_grad()

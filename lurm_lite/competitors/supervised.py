@@ -18,8 +18,6 @@ machine one step of batch 256, L = 50, Tr = 12 at the default sizes took 2.2 s (
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from typing import Any
 
@@ -89,9 +87,9 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
         model = SUPERVISED_MODELS[name](titles.vocab_size, n_classes, competitor_config).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=competitor_config.lr)
         shuffle = torch.Generator().manual_seed(seed)
-        best_loss, best_state, epochs_since_best, epochs = math.inf, copy.deepcopy(model.state_dict()), 0, 0
         started = time.perf_counter()
-        for epochs in range(1, competitor_config.supervised_max_epochs + 1):
+
+        def train_epoch() -> None:
             model.train()
             for batch in torch.randperm(len(fit_idx), generator=shuffle).split(batch_size):
                 rows = fit_idx[batch.numpy()]  # (B,) users of this step
@@ -100,16 +98,14 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+
+        def validation_loss() -> float:
             val_logits = _logits(model, seqs, titles, val_idx, batch_size * EVAL_BATCH_FACTOR, device)  # (n_val, K)
-            val_loss = F.cross_entropy(val_logits, y_t[val_idx]).item()
-            if val_loss < best_loss:
-                best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(model.state_dict()), 0
-            else:
-                epochs_since_best += 1
-                if epochs_since_best >= competitor_config.supervised_patience:
-                    break
+            return F.cross_entropy(val_logits, y_t[val_idx]).item()
+
+        epochs = downstream.early_stopping(model, train_epoch, validation_loss, competitor_config.supervised_max_epochs,
+                                           competitor_config.supervised_patience)
         train_seconds = time.perf_counter() - started
-        model.load_state_dict(best_state)
         test_logits = _logits(model, seqs, titles, test_idx, batch_size * EVAL_BATCH_FACTOR, device)  # (n_test, K)
     proba = torch.softmax(test_logits.double(), dim=1).numpy()  # (n_test, K)
     metrics: dict[str, Any] = downstream.classification_metrics(y[test_idx], proba)
@@ -118,3 +114,4 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
     metrics["train_seconds"] = float(train_seconds)
     metrics["epochs"] = int(epochs)
     return metrics
+
