@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -115,3 +116,32 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
     metrics["epochs"] = int(epochs)
     return metrics
 
+
+def train_on_tasks(name: str, seqs: BehaviourSequences, titles: TitleTokens,
+                   labels: dict[str, tuple[np.ndarray, np.ndarray]], competitor_config: CompetitorConfig,
+                   downstream_config: DownstreamConfig, seed: int, device: str | torch.device = "cpu"
+                   ) -> tuple[downstream.TaskResults, dict[str, float]]:
+    """:func:`train_and_score` on every task of ``labels`` (``{task: (user_ids, y)}``, as
+    ``downstream.all_task_labels`` gives them), each on the task's users' rows of ``seqs``.
+
+    Every labelled user must have a row in ``seqs``. A task ``downstream.skip_reason`` refuses
+    is skipped with its reason. Returns (the per-task metrics with the skipped tasks, the
+    training seconds of each trained task).
+    """
+    row_of = pd.Index(seqs.user_ids)
+    per_task = downstream.TaskResults()
+    seconds: dict[str, float] = {}
+    for task, (task_users, y) in labels.items():
+        reason = downstream.skip_reason(y)
+        if reason is not None:
+            per_task.skipped[task] = reason
+            continue
+        rows = row_of.get_indexer(task_users)  # (n_task,)
+        if np.any(rows < 0):
+            raise ValueError(f"task {task!r} labels users without a behaviour sequence")
+        task_seqs = BehaviourSequences(seqs.user_ids[rows], seqs.items[rows], seqs.lengths[rows])
+        metrics = train_and_score(name, task_seqs, titles, y, competitor_config, downstream_config, seed,
+                                  device=device)
+        seconds[task] = metrics["train_seconds"]
+        per_task[task] = metrics
+    return per_task, seconds
