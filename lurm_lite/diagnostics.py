@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -302,16 +301,11 @@ def view_retrieval_top1(model, boi: Mapping[str, BoISequences], user_ids: np.nda
 @contextlib.contextmanager
 def _global_rngs_kept() -> Iterator[None]:
     """Restore Python's, numpy's and torch's (CPU and CUDA) global RNG states after the block."""
-    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    states = io.rng_states()
     try:
         yield
     finally:
-        random.setstate(py)
-        np.random.set_state(np_state)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        io.set_rng_states(states)
 
 
 def epoch_probe(boi: Mapping[str, BoISequences], user_ids: np.ndarray, dataset, downstream_config: DownstreamConfig,

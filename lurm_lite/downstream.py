@@ -33,7 +33,7 @@ import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -274,8 +274,8 @@ def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.n
     optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr)
     shuffle = torch.Generator().manual_seed(seed)
     y_fit_t, y_val_t = torch.from_numpy(y_fit).to(device), torch.from_numpy(y_val)
-    best_loss, best_state, epochs_since_best = math.inf, copy.deepcopy(probe.state_dict()), 0
-    for _ in range(config.max_epochs):
+
+    def train_epoch() -> None:
         probe.train()
         for batch in torch.randperm(len(y_fit), generator=shuffle).split(config.batch_size):
             logits = probe(_probe_input(X_fit, batch.numpy(), device))  # (B, K)
@@ -283,15 +283,35 @@ def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.n
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        val_loss = F.cross_entropy(_logits(probe, X_val, config.batch_size * 8, device), y_val_t).item()
+
+    def validation_loss() -> float:
+        return F.cross_entropy(_logits(probe, X_val, config.batch_size * 8, device), y_val_t).item()
+
+    early_stopping(probe, train_epoch, validation_loss, config.max_epochs, config.patience)
+    return probe
+
+
+def early_stopping(model: nn.Module, train_epoch: Callable[[], None], validation_loss: Callable[[], float],
+                   max_epochs: int, patience: int) -> int:
+    """Train ``model`` epoch by epoch, stopping after ``patience`` epochs without a lower validation loss.
+
+    ``train_epoch()`` runs one epoch; ``validation_loss()`` measures after it. At most
+    ``max_epochs`` epochs; the weights of the best epoch (a strictly lower loss) are restored
+    at the end. Returns the number of epochs run. The probe's and the supervised
+    competitors' loop.
+    """
+    best_loss, best_state, epochs_since_best, epochs = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    for epochs in range(1, max_epochs + 1):
+        train_epoch()
+        val_loss = validation_loss()
         if val_loss < best_loss:
-            best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(probe.state_dict()), 0
+            best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             epochs_since_best += 1
-            if epochs_since_best >= config.patience:
+            if epochs_since_best >= patience:
                 break
-    probe.load_state_dict(best_state)
-    return probe
+    model.load_state_dict(best_state)
+    return epochs
 
 
 @torch.no_grad()
@@ -379,7 +399,7 @@ def bootstrap_auc_ci(y_true: np.ndarray, proba: np.ndarray, n_resamples: int, se
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(device: str | torch.device) -> Iterator[None]:
+def one_cpu_thread(device: str | torch.device) -> Iterator[None]:
     """Run torch on one CPU thread inside the block (restored after) when ``device`` is the CPU.
 
     The probe is tiny (batch 128, hidden 64): intra-op threads only add synchronisation at
@@ -403,7 +423,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     ``X`` rows are the task's users in ascending id order and ``y`` their labels
     (as from :func:`task_labels`). The validation part for early stopping is
     ``config.validation_fraction`` of the training 80%, stratified and seeded too. On the
-    CPU the probe runs on one thread (see :func:`_one_cpu_thread`).
+    CPU the probe runs on one thread (see :func:`one_cpu_thread`).
 
     Returns ``{"auc", "acc", "auc_ci95": [lo, hi], "n_test"}``.
     """
@@ -412,7 +432,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
     fit_idx, val_idx = validation_split(train_idx, y[train_idx], config.validation_fraction, seed)
     X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     scaler = fit_scaler(X[train_idx])
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         probe = train_probe(scaler.transform(X[fit_idx]), y[fit_idx], scaler.transform(X[val_idx]), y[val_idx],
                             n_classes, config, seed, device, input_offset=getattr(scaler, "offset_", None))
         proba = predict_proba(probe, scaler.transform(X[test_idx]), config.batch_size * 8, device)
@@ -425,7 +445,7 @@ def evaluate_task(X: Features, y: np.ndarray, config: DownstreamConfig, seed: in
 def probe_workers(config: DownstreamConfig, device: str | torch.device, n_tasks: int) -> int:
     """How many processes probe the tasks of one :func:`evaluate` call side by side.
 
-    A probe runs on one CPU thread (:func:`_one_cpu_thread`), so on a machine with several
+    A probe runs on one CPU thread (:func:`one_cpu_thread`), so on a machine with several
     cores the tasks are probed in worker processes, one per core (``config.workers``; None:
     the cores this process may use), never more than there are tasks. The result is the
     same to the bit as probing them one after the other in this process: each task's probe

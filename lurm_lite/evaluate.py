@@ -142,19 +142,11 @@ def _train_per_task(name: str, inputs: _Inputs, labels: dict[str, tuple[np.ndarr
                     ) -> downstream.TaskResults:
     """TextCNN or HAN trained end to end on every task, on the probe's split (§3.3-3.4)."""
     seqs, titles = inputs.sequences
-    row_of = pd.Index(seqs.user_ids)
-    per_task = downstream.TaskResults()
-    for task, (task_users, y) in labels.items():
-        reason = downstream.skip_reason(y)
-        if reason is not None:
-            per_task.skipped[task] = reason
-            continue
-        rows = row_of.get_indexer(task_users)  # every labelled user has history, so a row
-        task_seqs = sequences.BehaviourSequences(seqs.user_ids[rows], seqs.items[rows], seqs.lengths[rows])
-        metrics = supervised.train_and_score(name, task_seqs, titles, y, inputs.competitors, inputs.config,
-                                             inputs.seed, device=inputs.device)
-        inputs.timings.setdefault(name, {})[f"train_seconds {task}"] = round(metrics["train_seconds"], 1)
-        per_task[task] = metrics
+    per_task, seconds = supervised.train_on_tasks(name, seqs, titles, labels, inputs.competitors, inputs.config,
+                                                  inputs.seed, device=inputs.device)
+    timings = inputs.timings.setdefault(name, {})
+    for task, task_seconds in seconds.items():
+        timings[f"train_seconds {task}"] = round(task_seconds, 1)
     return per_task
 
 

@@ -153,6 +153,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_states() -> dict:
+    """Python's, numpy's and torch's (CPU, and every CUDA device when there is one) global RNG states.
+
+    As plain data for ``weights_only`` checkpoint loads: ``{"python": random.getstate(),
+    "numpy": np.random.get_state(legacy=False) with its key as a list of ints, "torch": the
+    CPU state tensor[, "cuda": one state tensor per device]}``. :func:`set_rng_states` puts
+    them back.
+    """
+    import torch
+
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore the global RNG states of :func:`rng_states`.
+
+    Only the generators ``states`` holds are set (a checkpoint written with torch's states
+    alone leaves Python's and numpy's as they are); CUDA's only when a CUDA device is present.
+    """
+    import torch
+
+    if "python" in states:
+        random.setstate(states["python"])
+    if "numpy" in states:
+        numpy_state = {**states["numpy"], "state": {**states["numpy"]["state"]}}
+        numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(numpy_state)
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def device(preference: str | torch.device | None = None) -> torch.device:
     """The one place that picks the compute device (DESIGN.md, performance principles).
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import random
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
@@ -292,26 +291,6 @@ def _plain(value):
     return value
 
 
-def _rng_states() -> dict:
-    """Python, numpy and torch RNG states as plain data (lists, ints, tensors)."""
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
-    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    numpy_state = {**states["numpy"], "state": {**states["numpy"]["state"]}}
-    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def _checkpoint_inputs(boi: dict[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
                        seed: int) -> dict:
     """What a checkpoint must have been written from to be resumed (plain data)."""
@@ -411,7 +390,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
         for optimizer, state in zip(optimizers, ckpt["optimizers"]):
             optimizer.load_state_dict(state)
         history, first_epoch = ckpt["history"], ckpt["epoch"]
-        _set_rng_states(ckpt["rng"])
+        io.set_rng_states(ckpt["rng"])
 
     sampler = PairSampler(boi, smen_config.scales, train_config)
     if len(sampler.users) < 2:
@@ -450,7 +429,7 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
             io.save_torch(checkpoint_path, {
                 "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-                "history": _plain(history), "rng": _rng_states(), "inputs": inputs,
+                "history": _plain(history), "rng": io.rng_states(), "inputs": inputs,
             })
     bar.close()
     return model.eval(), history

@@ -180,7 +180,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
     assert resumed_history["epoch"] == straight_history["epoch"]
     # another seed does not reuse the checkpoint: it starts over and says why
     other, _ = pretrain_ptum(seqs, titles, TINY, "cpu", seed=2, checkpoint_path=ckpt, progress=False)
-    assert "seed differ" in capsys.readouterr().out
+    assert "seed 1, not 2" in capsys.readouterr().out
     assert not _same_parameters(other, straight)
 
 

@@ -84,10 +84,10 @@ def reference_user_vector(model: SUMN, tokens: torch.Tensor, keep: list[int]) ->
     for j in range(tokens.shape[0]):
         words = [w for w in tokens[j].tolist() if w > 0]
         e = [enc.words.weight[w] for w in words]
-        s = [float(enc.word_query.weight[0] @ torch.tanh(enc.word_key.weight @ x + enc.word_key.bias)) for x in e]
+        s = [float(enc.pool.query.weight[0] @ torch.tanh(enc.pool.key.weight @ x + enc.pool.key.bias)) for x in e]
         a = np.exp(np.array(s) - max(s)) / np.exp(np.array(s) - max(s)).sum() if s else []
         pooled = sum((float(a[i]) * e[i] for i in range(len(e))), torch.zeros(enc.words.weight.shape[1]))
-        h.append(torch.tanh(enc.out.weight @ pooled + enc.out.bias))
+        h.append(torch.tanh(enc.project.weight @ pooled + enc.project.bias))
     u = sum((h[j] for j in keep), torch.zeros(model.dim)) / max(len(keep), 1)
     for k in range(agg.hops):
         scores = {j: float(agg.score[k].weight[0] @ torch.tanh(agg.behaviour_key[k].weight @ h[j]
@@ -207,6 +207,22 @@ def test_save_and_load_give_identical_encodings(tmp_path):
     loaded = load_sumn(path)
     assert loaded.config == TINY and loaded.vocab_size == titles.vocab_size and not loaded.training
     assert np.array_equal(encode_sumn(model, seqs, titles, "cpu"), encode_sumn(loaded, seqs, titles, "cpu"))
+
+
+def test_a_state_dict_with_the_encoders_former_parameter_names_still_loads():
+    torch.manual_seed(0)
+    model = SUMN(30, TINY)
+    former = {"encoder.pool.key.": "encoder.word_key.", "encoder.pool.query.": "encoder.word_query.",
+              "encoder.project.": "encoder.out."}
+    old_state = {}
+    for key, value in model.state_dict().items():
+        for new, old in former.items():
+            key = key.replace(new, old) if key.startswith(new) else key
+        old_state[key] = value
+    assert "encoder.word_key.weight" in old_state
+    loaded = SUMN(30, TINY)
+    loaded.load_state_dict(old_state)
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_pretraining_refuses_data_without_a_trainable_user():

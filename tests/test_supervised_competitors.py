@@ -175,3 +175,31 @@ def test_bad_input_is_refused():
         train_and_score("HAN", seqs, titles, y[:-1], TINY, FAST_DOWNSTREAM, seed=0)
     with pytest.raises(ValueError, match="even hidden size"):
         HAN(VOCAB, 2, CompetitorConfig(hidden=9))
+
+
+def test_train_on_tasks_trains_each_task_on_its_users_rows_and_skips_with_a_reason(monkeypatch):
+    seqs, titles, y = _planted_task(n_users=150, seed=3)
+    config = CompetitorConfig(**{**vars(TINY), "supervised_max_epochs": 1})
+    task_rows = np.sort(np.random.default_rng(0).choice(150, 100, replace=False))  # (100,) a task's users
+    labels = {"planted": (seqs.user_ids[task_rows], y[task_rows]),
+              "one class": (seqs.user_ids[:30], np.zeros(30, dtype=np.int64))}
+    calls = []
+    train = supervised.train_and_score
+
+    def recording(name, task_seqs, task_titles, task_y, *rest, **kwargs):
+        calls.append((task_seqs, task_y))
+        return train(name, task_seqs, task_titles, task_y, *rest, **kwargs)
+
+    monkeypatch.setattr(supervised, "train_and_score", recording)
+    per_task, seconds = supervised.train_on_tasks("TextCNN", seqs, titles, labels, config, FAST_DOWNSTREAM,
+                                                  seed=0)
+    assert per_task.skipped == {"one class": downstream.skip_reason(labels["one class"][1])}
+    assert list(per_task) == ["planted"] and list(seconds) == ["planted"] and seconds["planted"] > 0
+    assert per_task["planted"]["train_seconds"] == seconds["planted"]
+    (task_seqs, task_y), = calls
+    assert task_seqs.user_ids.tolist() == labels["planted"][0].tolist()
+    assert np.array_equal(task_seqs.items, seqs.items[task_rows])
+    assert np.array_equal(task_seqs.lengths, seqs.lengths[task_rows]) and task_y is labels["planted"][1]
+    with pytest.raises(ValueError, match="without a behaviour sequence"):
+        supervised.train_on_tasks("TextCNN", seqs, titles, {"planted": (labels["planted"][0] + 1, labels["planted"][1])},
+                                  config, FAST_DOWNSTREAM, seed=0)

@@ -31,11 +31,18 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from lurm_lite.competitors.encoders import attention_pool
 from lurm_lite.config import CompetitorConfig
 
 
 class Attention(nn.Module):
-    """Yang's attention pooling: eq. (5)-(7) over words, the same form (8)-(10) over behaviours."""
+    """Yang's attention pooling: eq. (5)-(7) over words, the same form (8)-(10) over behaviours.
+
+    The additive attention of :class:`~lurm_lite.competitors.encoders.AdditiveAttention`,
+    kept apart for Yang's context vector u_w / u_s, a parameter drawn N(0, 1/dim) (not a
+    bias-free linear layer's initialisation), and pooled with the shared
+    :func:`~lurm_lite.competitors.encoders.attention_pool`.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -48,9 +55,7 @@ class Attention(nn.Module):
         Every row needs a real position; masked positions get weight exactly 0 (exp underflows).
         """
         u = torch.tanh(self.project(h))  # (N, T, dim) eq. (5) / (8)
-        scores = (u @ self.context).masked_fill(~mask, torch.finfo(h.dtype).min)  # (N, T)
-        alpha = torch.softmax(scores, dim=1)  # (N, T) eq. (6) / (9)
-        return (alpha.unsqueeze(2) * h).sum(dim=1)  # (N, dim) eq. (7) / (10)
+        return attention_pool(u @ self.context, h, mask)  # (N, dim) eq. (6)-(7) / (9)-(10)
 
 
 def _bigru_packed(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

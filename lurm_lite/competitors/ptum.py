@@ -3,10 +3,10 @@ Self-supervision", arXiv 2010.01494), the BERT-like competitor of the LURM paper
 
 Read top to bottom:
 
-1. ``AttentionPooling``: the additive attention of the PTUM / NRMS family,
+1. ``AdditiveAttention`` (:mod:`.encoders`): the additive attention of the PTUM / NRMS family,
    a_i = softmax_i(q^T tanh(V x_i + v)), pooled = sum_i a_i x_i;
-2. ``BehaviourEncoder`` (Wu et al.'s behaviour encoder): a behaviour is its item's title;
-   word embeddings pooled by attention, then a linear map to the hidden size H;
+2. ``TitleEncoder`` (:mod:`.encoders`; Wu et al.'s behaviour encoder): a behaviour is its item's
+   title; word embeddings pooled by attention, then a linear map to the hidden size H;
 3. ``PTUM`` (Wu et al.'s user encoder): learned position embeddings over the L
    behaviours, a Transformer encoder and attention pooling over behaviours give the user
    vector u; ``pretraining_losses`` holds the two self-supervision tasks of Wu et al.:
@@ -46,8 +46,6 @@ longest user), Tr words per title, H hidden size, P negatives, K next behaviours
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -55,12 +53,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lurm_lite import io
+from lurm_lite.competitors import pretraining
+from lurm_lite.competitors.encoders import AdditiveAttention, TitleEncoder
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
-from lurm_lite.user_training import _rng_states, _set_rng_states, inference
+from lurm_lite.user_training import inference
 
 DROPOUT = 0.2  # word and Transformer dropout (the authors' code)
 FEEDFORWARD_FACTOR = 4  # Transformer feed-forward width / H (BERT)
@@ -75,45 +74,9 @@ TRAINING_FIELDS = ("sequence_length", "word_dim", "hidden", "heads", "layers", "
 # ---------------------------------------------------------------------------------------
 
 
-class AttentionPooling(nn.Module):
-    """Additive attention pooling (Wu et al.; NRMS): a_i = softmax_i(q^T tanh(V x_i + v)), sum_i a_i x_i.
-
-    Only valid positions take part; a row without one pools to the zero vector (no NaN).
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.key = nn.Linear(dim, dim)  # V, v
-        self.query = nn.Linear(dim, 1, bias=False)  # q
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x (N, T, d), valid (N, T) bool -> (N, d)."""
-        scores = self.query(torch.tanh(self.key(x))).squeeze(-1)  # (N, T)
-        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)  # (N, T)
-        weights = torch.softmax(scores, dim=-1) * valid  # (N, T) all 0 in a row without a valid position
-        return torch.einsum("nt,ntd->nd", weights, x)  # (N, d)
-
-
-class BehaviourEncoder(nn.Module):
-    """A behaviour's title -> its vector (Wu et al.): word embeddings, attention pooling, linear to H."""
-
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int):
-        super().__init__()
-        self.words = nn.Embedding(vocab_size, word_dim, padding_idx=0)
-        self.dropout = nn.Dropout(DROPOUT)
-        self.pool = AttentionPooling(word_dim)
-        self.project = nn.Linear(word_dim, hidden)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (..., Tr) int64 word ids, 0 = padding -> (..., H).
-
-        An all-padding title (a padding behaviour) gives the bias of ``project`` only; the
-        user encoder masks those positions.
-        """
-        flat = tokens.reshape(-1, tokens.shape[-1])  # (N, Tr)
-        words = self.dropout(self.words(flat))  # (N, Tr, word_dim)
-        title = self.pool(words, flat != 0)  # (N, word_dim)
-        return self.project(title).reshape(*tokens.shape[:-1], -1)  # (..., H)
+# :class:`~lurm_lite.competitors.encoders.AdditiveAttention` pools words and behaviours;
+# the behaviour encoder is ``TitleEncoder(vocab_size, word_dim, H, dropout=DROPOUT)``: word
+# embeddings (dropout), attention pooling, a linear map to H, no activation.
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,14 +116,14 @@ class PTUM(nn.Module):
         self.vocab_size = int(vocab_size)
         self.config = config
         hidden = config.hidden
-        self.behaviours = BehaviourEncoder(vocab_size, config.word_dim, hidden)
+        self.behaviours = TitleEncoder(vocab_size, config.word_dim, hidden, dropout=DROPOUT)
         self.position = nn.Embedding(config.sequence_length, hidden)  # learned, over the L behaviours
         nn.init.normal_(self.position.weight, std=INIT_STD)
         self.mask_vector = nn.Parameter(INIT_STD * torch.randn(hidden))  # MBP: stands in for a masked behaviour
         layer = nn.TransformerEncoderLayer(hidden, config.heads, dim_feedforward=FEEDFORWARD_FACTOR * hidden,
                                            dropout=DROPOUT, batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.user_pool = AttentionPooling(hidden)
+        self.user_pool = AdditiveAttention(hidden)
         self.next_slot = nn.Embedding(config.next_k, hidden)  # NBP: p_k added to the k-th next candidate
         nn.init.normal_(self.next_slot.weight, std=INIT_STD)
 
@@ -270,61 +233,22 @@ def sample_batch(items: np.ndarray, lengths: np.ndarray, titles: TitleTokens, co
 # ---------------------------------------------------------------------------------------
 
 
-def data_fingerprint(seqs: BehaviourSequences, titles: TitleTokens) -> str:
-    """SHA-256 over every array of the sequences and the titles (what a PTUM pre-trained on them saw)."""
-    digest = hashlib.sha256(f"vocab:{titles.vocab_size}".encode())
-    for array in (seqs.user_ids, seqs.items, seqs.lengths, titles.tokens, titles.lengths):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
-
-
-def _checkpoint_inputs(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig, seed: int) -> dict:
-    """What a checkpoint must have been written from to be resumed (plain data)."""
-    return {"format": CHECKPOINT_FORMAT, "config": {f: getattr(config, f) for f in TRAINING_FIELDS},
-            "seed": int(seed), "data": data_fingerprint(seqs, titles)}
-
-
-def _resumable(path: Path, inputs: dict, epochs: int, dev: torch.device) -> dict | None:
-    """The checkpoint at ``path`` when it was written from ``inputs`` and has trained <= ``epochs``, else None
-    (with a printed reason)."""
-    try:
-        ckpt = io.load_torch(path, map_location=dev)
-        saved = ckpt.get("inputs") if isinstance(ckpt, dict) else None
-        if saved != inputs:
-            changed = [k for k in inputs if not isinstance(saved, dict) or saved.get(k) != inputs[k]]
-            reason = f"it was written from other inputs ({', '.join(changed)} differ)"
-        elif ckpt["epoch"] > epochs:
-            reason = f"it has trained {ckpt['epoch']} epochs, more than the {epochs} asked for"
-        else:
-            return ckpt
-    except (io.UnsafeArtifact, RuntimeError, EOFError, KeyError, OSError) as exc:
-        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
-    print(f"[lurm_lite] not resuming {path}: {reason}; pre-training PTUM from scratch")
-    return None
-
-
 def pretrain_ptum(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig,
                   device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                   progress: bool = True) -> tuple[PTUM, dict]:
     """Pre-train PTUM with loss = MBP + NBP (Wu et al. sum the two tasks' losses, unweighted).
 
-    Adam (``config.lr``), ``pretrain_epochs`` passes over the users with >= 2 behaviours
-    (the others have nothing to predict; they are still encoded), ``pretrain_batch_size``
-    users per step. All sampling of epoch e (order, masks, negatives) uses
-    ``np.random.default_rng([seed, e])``; dropout uses torch's global RNG, whose state the
-    checkpoint keeps. So a run resumed from the checkpoint of epoch e continues exactly as
-    an uninterrupted one.
+    The loop is :func:`.pretraining.pretrain`'s: Adam (``config.lr``), ``pretrain_epochs``
+    passes over the users with >= 2 behaviours (the others have nothing to predict; they are
+    still encoded), ``pretrain_batch_size`` users per step; all sampling of epoch e (order,
+    masks, negatives) uses ``np.random.default_rng([seed, e])``, so a run resumed from the
+    checkpoint of epoch e continues exactly as an uninterrupted one.
 
     Args:
         device: passed to ``io.device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
-        checkpoint_path: written atomically after every epoch (model, optimizer, RNG states,
-            epoch, loss history, seconds, the config as a dict and what it was trained from:
-            ``TRAINING_FIELDS`` of the config, the seed and :func:`data_fingerprint`), as
-            plain data for ``weights_only=True`` loads. An existing one is continued when its
-            inputs match and it has trained at most ``pretrain_epochs`` epochs; otherwise a
-            line says why and training restarts (overwriting it after the first epoch).
+        checkpoint_path: written after every epoch (:mod:`.pretraining`); resumed when written
+            from the same ``TRAINING_FIELDS`` of the config, seed and data, otherwise a line
+            says why and training restarts.
 
     Returns:
         (model in eval mode, ``{"epoch": mean loss per epoch, "seconds": training time,
@@ -340,48 +264,16 @@ def pretrain_ptum(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
     dev = io.device(device)
     torch.manual_seed(seed)
     model = PTUM(titles.vocab_size, config).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: dict = {"epoch": [], "seconds": 0.0}
-    first_epoch = 0
-    inputs = _checkpoint_inputs(seqs, titles, config, seed) if checkpoint_path is not None else None
-    ckpt = (_resumable(Path(checkpoint_path), inputs, config.pretrain_epochs, dev)
-            if checkpoint_path is not None and Path(checkpoint_path).exists() else None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, first_epoch = ckpt["history"], ckpt["epoch"]
-        _set_rng_states(ckpt["rng"])
+    inputs = (pretraining.checkpoint_inputs(seqs, titles, {f: getattr(config, f) for f in TRAINING_FIELDS}, seed,
+                                            CHECKPOINT_FORMAT) if checkpoint_path is not None else None)
 
-    bs = config.pretrain_batch_size
-    steps_per_epoch = -(-len(trainable) // bs)
-    bar = tqdm(total=config.pretrain_epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
-               disable=not progress, desc="PTUM", unit="step")
-    model.train()
-    for epoch in range(first_epoch, config.pretrain_epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(trainable)  # (n_train,)
-        losses = []
-        for step in range(steps_per_epoch):
-            rows = order[step * bs:(step + 1) * bs]  # (B,)
-            batch = sample_batch(seqs.items[rows], seqs.lengths[rows], titles, config, rng).to(dev)
-            parts = model.pretraining_losses(batch)
-            loss = parts["mbp"] + parts["nbp"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        history["epoch"].append(float(np.mean(losses)))
-        history["seconds"] += time.perf_counter() - started
-        if checkpoint_path is not None:
-            io.save_torch(checkpoint_path, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "rng": _rng_states(), "config": dataclasses.asdict(config), "inputs": inputs,
-            })
-    bar.close()
-    return model.eval(), history
+    def loss_of_batch(rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        batch = sample_batch(seqs.items[rows], seqs.lengths[rows], titles, config, rng).to(dev)
+        parts = model.pretraining_losses(batch)
+        return parts["mbp"] + parts["nbp"]
+
+    return pretraining.pretrain("PTUM", model, loss_of_batch, trainable, config, dev, seed, checkpoint_path, inputs,
+                                progress)
 
 
 def encode_ptum(model: PTUM, seqs: BehaviourSequences, titles: TitleTokens, device: torch.device | str | None,

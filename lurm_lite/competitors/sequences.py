@@ -8,6 +8,7 @@ whole life. A behaviour is its item, and an item is its title as the item encode
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,3 +85,16 @@ def behaviour_tokens(items: np.ndarray, titles: TitleTokens) -> np.ndarray:
     out = titles.tokens[np.maximum(items, 0)]  # (B, L, Tr)
     out[items == PAD_ITEM] = 0
     return out
+
+
+def data_fingerprint(seqs: BehaviourSequences, titles: TitleTokens) -> str:
+    """SHA-256 over every array of the sequences and the titles: what a pre-trained competitor saw.
+
+    PTUM's and SUMN's checkpoints keep it, so a checkpoint is resumed only on the same input.
+    """
+    digest = hashlib.sha256(f"vocab:{titles.vocab_size}".encode())
+    for array in (seqs.user_ids, seqs.items, seqs.lengths, titles.tokens, titles.lengths):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()

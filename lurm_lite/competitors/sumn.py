@@ -12,7 +12,7 @@ SUMN as its abstract describes it has two parts:
 
 Read top to bottom:
 
-1. ``BehaviourEncoder``: a behaviour is its item's title (word ids from
+1. ``behaviour_encoder``: a behaviour is its item's title (word ids from
    :func:`~lurm_lite.competitors.sequences.behaviour_tokens`) -> one vector h_j;
 2. ``MultiHopAggregation``: h_1..h_L -> u_K, the user representation;
 3. ``SUMN``: both, plus the word-prediction head and the consistency loss;
@@ -28,17 +28,16 @@ the user vector): every formula below beyond that is our choice and says so.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lurm_lite import io
+from lurm_lite.competitors import pretraining
+from lurm_lite.competitors.encoders import TitleEncoder, attention_pool
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
 
@@ -47,44 +46,33 @@ MIN_TRAIN_BEHAVIOURS = 2  # the consistency loss needs two disjoint non-empty be
 SPECIAL_WORDS = 2  # word ids 0 (padding) and 1 (unknown) are never prediction targets
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis among ``mask``'s True entries; a row without one gives zeros.
-
-    Masked scores become the dtype's minimum, so their exp underflows to exactly 0 beside any
-    real score; multiplying by the mask then zeroes the uniform row of an all-masked input,
-    which would otherwise be NaN with -inf.
-    """
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # (..., n)
-    return torch.softmax(filled, dim=-1) * mask  # (..., n)
-
-
 # ---------------------------------------------------------------------------------------
 # 1. Behaviour encoder: a title -> h_j
 # ---------------------------------------------------------------------------------------
 
 
-class BehaviourEncoder(nn.Module):
+def behaviour_encoder(vocab_size: int, word_dim: int, hidden: int) -> TitleEncoder:
     """A behaviour's title -> h_j = tanh(W^b sum_w a_w e_w + b^b), (..., Tr) -> (..., H).
 
     SUMN embeds a behaviour (a search query there, a title here) from its words; we pool the
     word embeddings e_w with additive attention a_w = softmax_w(q^T tanh(W^w e_w + b^w)) over
-    the title's words (HAN's word level, Yang et al. 2016), our choice: the paper's word
-    encoder was not at hand. A title of padding only (a padding behaviour) pools to 0.
+    the title's words (HAN's word level, Yang et al. 2016), W^w of width H, our choice: the
+    paper's word encoder was not at hand. A title of padding only (a padding behaviour) pools
+    to 0. The shared :class:`~lurm_lite.competitors.encoders.TitleEncoder` with tanh and no
+    dropout; its ``pool.key``, ``pool.query`` and ``project`` are W^w, q and W^b.
     """
+    return TitleEncoder(vocab_size, word_dim, hidden, activation=nn.Tanh(), attention_dim=hidden)
 
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int):
-        super().__init__()
-        self.words = nn.Embedding(vocab_size, word_dim, padding_idx=0)  # e_w
-        self.word_key = nn.Linear(word_dim, hidden)  # W^w, b^w
-        self.word_query = nn.Linear(hidden, 1, bias=False)  # q
-        self.out = nn.Linear(word_dim, hidden)  # W^b, b^b
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        e = self.words(tokens)  # (..., Tr, E)
-        scores = self.word_query(torch.tanh(self.word_key(e))).squeeze(-1)  # (..., Tr)
-        a = masked_softmax(scores, tokens > 0)  # (..., Tr) a_w, 0 on padding words
-        pooled = (a.unsqueeze(-1) * e).sum(-2)  # (..., E)
-        return torch.tanh(self.out(pooled))  # (..., H) h_j
+# Parameter names of SUMN's encoder before it was the shared TitleEncoder: files written then still load.
+_LEGACY_ENCODER_NAMES = {"word_key.": "pool.key.", "word_query.": "pool.query.", "out.": "project."}
+
+
+def _rename_legacy_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    for key in list(state_dict):
+        for old, new in _LEGACY_ENCODER_NAMES.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,8 +116,7 @@ class MultiHopAggregation(nn.Module):
         u = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H) u_0
         for key, query, score, update in zip(self.behaviour_key, self.user_query, self.score, self.update):
             e = score(torch.tanh(key(h) + query(u).unsqueeze(1))).squeeze(-1)  # (B, L) e_kj
-            alpha = masked_softmax(e, mask)  # (B, L) alpha_kj
-            c = (alpha.unsqueeze(-1) * h).sum(1)  # (B, H) c_k
+            c = attention_pool(e, h, mask)  # (B, H) c_k = sum_j alpha_kj h_j, alpha_kj = softmax_j(e_kj)
             u = update(u) + c  # (B, H) u_k
         return u
 
@@ -164,7 +151,8 @@ class SUMN(nn.Module):
         super().__init__()
         self.vocab_size = int(vocab_size)
         self.config = config
-        self.encoder = BehaviourEncoder(self.vocab_size, config.word_dim, config.hidden)
+        self.encoder = behaviour_encoder(self.vocab_size, config.word_dim, config.hidden)
+        self.encoder.register_load_state_dict_pre_hook(_rename_legacy_encoder_keys)
         self.aggregation = MultiHopAggregation(config.hidden, config.hops)
         self.word_head = nn.Linear(config.hidden, self.vocab_size)  # W^o, b^o
 
@@ -222,80 +210,21 @@ def split_halves(lengths: np.ndarray, length: int, rng: np.random.Generator) -> 
     return part_a, valid & ~part_a
 
 
-def data_fingerprint(seqs: BehaviourSequences, titles: TitleTokens) -> str:
-    """SHA-256 over every array SUMN learns from (the sequences and the titles' word ids)."""
-    digest = hashlib.sha256(f"vocab:{titles.vocab_size}".encode())
-    for array in (seqs.user_ids, seqs.items, seqs.lengths, titles.tokens, titles.lengths):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
-
-
-def _checkpoint_inputs(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig, seed: int) -> dict:
-    """What a checkpoint must have been written from to be resumed (plain data); the epoch count aside."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "pretrain_epochs"}
-    return {"format": CHECKPOINT_FORMAT, "config": settings, "seed": int(seed),
-            "data": data_fingerprint(seqs, titles)}
-
-
-def _load_resumable(path: Path, inputs: dict, epochs: int, dev: torch.device) -> dict | None:
-    """The checkpoint at ``path`` when it may be resumed, else None with a printed reason."""
-    try:
-        ckpt = io.load_torch(path, map_location=dev)
-        saved = ckpt.get("inputs") if isinstance(ckpt, dict) else None
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            reason = "it is not a SUMN checkpoint of this format"
-        elif saved["data"] != inputs["data"]:
-            reason = "its behaviour sequences or titles differ"
-        elif saved["seed"] != inputs["seed"]:
-            reason = f"it was trained with seed {saved['seed']}, not {inputs['seed']}"
-        elif saved["config"] != inputs["config"]:
-            changed = sorted(k for k in inputs["config"] if saved["config"].get(k) != inputs["config"][k])
-            reason = f"its config differs ({', '.join(changed)})"
-        elif ckpt["epoch"] > epochs:
-            reason = f"it has trained {ckpt['epoch']} epochs, more than the {epochs} asked for"
-        else:
-            return ckpt
-    except io.UnsafeArtifact:
-        reason = "it holds objects other than tensors and plain data"
-    except (RuntimeError, EOFError, KeyError, OSError) as exc:
-        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
-    print(f"[lurm_lite] not resuming {path}: {reason}; pre-training SUMN from scratch")
-    return None
-
-
-def _rng_states() -> dict:
-    """torch's global RNG states, the only global generator SUMN draws from (its initialisation)."""
-    states = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: CompetitorConfig,
                   device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                   progress: bool = True) -> tuple[SUMN, dict]:
     """Pre-train SUMN with the behavioural consistency loss (:meth:`SUMN.consistency_loss`).
 
-    An epoch visits every user with at least ``MIN_TRAIN_BEHAVIOURS`` behaviours once, in a
-    random order, ``config.pretrain_batch_size`` users a step, Adam(``config.lr``); each step
-    splits each user's behaviours into two random disjoint halves (:func:`split_halves`).
-    Users with fewer behaviours are not trained on (they are still encoded). All sampling in
-    epoch e uses ``np.random.default_rng([seed, e])``, so a run resumed from the checkpoint
-    of epoch e continues exactly as an uninterrupted one.
+    The loop is :func:`.pretraining.pretrain`'s: an epoch visits every user with at least
+    ``MIN_TRAIN_BEHAVIOURS`` behaviours once, in a random order, ``config.pretrain_batch_size``
+    users a step, Adam(``config.lr``); each step splits each user's behaviours into two random
+    disjoint halves (:func:`split_halves`). Users with fewer behaviours are not trained on
+    (they are still encoded). All sampling in epoch e uses ``np.random.default_rng([seed, e])``,
+    so a run resumed from the checkpoint of epoch e continues exactly as an uninterrupted one.
 
-    ``checkpoint_path``: written atomically after every epoch (model, optimizer, torch RNG
-    states, epoch, history, and the inputs: config as a dict, seed, :func:`data_fingerprint`).
-    An existing one is continued when written from the same data, seed and config
-    (``pretrain_epochs`` aside) with at most ``pretrain_epochs`` epochs done; otherwise a line
-    says why and training starts from scratch.
+    ``checkpoint_path``: written after every epoch (:mod:`.pretraining`); continued when
+    written from the same data, seed and config (``pretrain_epochs`` aside) with at most
+    ``pretrain_epochs`` epochs done; otherwise a line says why and training starts from scratch.
 
     Returns (model in eval mode, ``{"epoch": mean loss per epoch, "seconds": training time,
     summed over resumed runs}``).
@@ -303,51 +232,20 @@ def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
     dev = io.device(device)
     torch.manual_seed(seed)
     model = SUMN(titles.vocab_size, config).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: dict = {"epoch": [], "seconds": 0.0}
-    first_epoch = 0
-    inputs = _checkpoint_inputs(seqs, titles, config, seed) if checkpoint_path is not None else None
-    ckpt = (_load_resumable(Path(checkpoint_path), inputs, config.pretrain_epochs, dev)
-            if checkpoint_path is not None and Path(checkpoint_path).exists() else None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, first_epoch = ckpt["history"], ckpt["epoch"]
-        _set_rng_states(ckpt["rng"])
-
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "pretrain_epochs"}
+    inputs = (pretraining.checkpoint_inputs(seqs, titles, settings, seed, CHECKPOINT_FORMAT)
+              if checkpoint_path is not None else None)
     users = np.flatnonzero(seqs.lengths >= MIN_TRAIN_BEHAVIOURS)  # (n_train,) rows of seqs
     if len(users) == 0:
         raise ValueError(f"SUMN pre-training needs a user with at least {MIN_TRAIN_BEHAVIOURS} behaviours")
-    bs = config.pretrain_batch_size
-    steps_per_epoch = -(-len(users) // bs)
-    bar = tqdm(total=config.pretrain_epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
-               disable=not progress, desc="SUMN", unit="step")
-    model.train()
-    for epoch in range(first_epoch, config.pretrain_epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(users)  # (n_train,)
-        losses = []
-        for step in range(steps_per_epoch):
-            rows = order[step * bs:(step + 1) * bs]  # (b,)
-            part_a, part_b = split_halves(seqs.lengths[rows], seqs.length, rng)  # (b, L) each
-            tokens = torch.from_numpy(behaviour_tokens(seqs.items[rows], titles)).to(dev)  # (b, L, Tr)
-            loss = model.consistency_loss(tokens, torch.from_numpy(part_a).to(dev), torch.from_numpy(part_b).to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        history["epoch"].append(float(np.mean(losses)))
-        history["seconds"] = float(history["seconds"]) + time.perf_counter() - started
-        if checkpoint_path is not None:
-            io.save_torch(checkpoint_path, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "rng": _rng_states(), "inputs": inputs,
-            })
-    bar.close()
-    return model.eval(), history
+
+    def loss_of_batch(rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        part_a, part_b = split_halves(seqs.lengths[rows], seqs.length, rng)  # (b, L) each
+        tokens = torch.from_numpy(behaviour_tokens(seqs.items[rows], titles)).to(dev)  # (b, L, Tr)
+        return model.consistency_loss(tokens, torch.from_numpy(part_a).to(dev), torch.from_numpy(part_b).to(dev))
+
+    return pretraining.pretrain("SUMN", model, loss_of_batch, users, config, dev, seed, checkpoint_path, inputs,
+                                progress)
 
 
 def encode_sumn(model: SUMN, seqs: BehaviourSequences, titles: TitleTokens, device: torch.device | str | None,

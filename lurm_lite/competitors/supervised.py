@@ -11,19 +11,18 @@ probe's split exactly (``downstream.split_indices`` for the 80/20 test split, th
 Beyond the paper, which does not say how long they train: early stopping on the validation
 cross-entropy, as the probe's ``train_probe``, with ``CompetitorConfig``'s
 ``supervised_max_epochs`` and ``supervised_patience``. On the CPU training runs on one
-thread, as the probe (``downstream._one_cpu_thread``): on the busy 2-core development
+thread, as the probe (``downstream.one_cpu_thread``): on the busy 2-core development
 machine one step of batch 256, L = 50, Tr = 12 at the default sizes took 2.2 s (TextCNN) and
 3.2 s (HAN) on one thread against 2.9 s and 7.2 s on two, and the tests' tiny HAN 10x less.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -84,14 +83,14 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
                                                    seed)
     batch_size = competitor_config.supervised_batch_size
     y_t = torch.from_numpy(np.asarray(y, dtype=np.int64))  # (n,)
-    with downstream._one_cpu_thread(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with downstream.one_cpu_thread(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # initial weights and dropout masks
         model = SUPERVISED_MODELS[name](titles.vocab_size, n_classes, competitor_config).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=competitor_config.lr)
         shuffle = torch.Generator().manual_seed(seed)
-        best_loss, best_state, epochs_since_best, epochs = math.inf, copy.deepcopy(model.state_dict()), 0, 0
         started = time.perf_counter()
-        for epochs in range(1, competitor_config.supervised_max_epochs + 1):
+
+        def train_epoch() -> None:
             model.train()
             for batch in torch.randperm(len(fit_idx), generator=shuffle).split(batch_size):
                 rows = fit_idx[batch.numpy()]  # (B,) users of this step
@@ -100,16 +99,14 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+
+        def validation_loss() -> float:
             val_logits = _logits(model, seqs, titles, val_idx, batch_size * EVAL_BATCH_FACTOR, device)  # (n_val, K)
-            val_loss = F.cross_entropy(val_logits, y_t[val_idx]).item()
-            if val_loss < best_loss:
-                best_loss, best_state, epochs_since_best = val_loss, copy.deepcopy(model.state_dict()), 0
-            else:
-                epochs_since_best += 1
-                if epochs_since_best >= competitor_config.supervised_patience:
-                    break
+            return F.cross_entropy(val_logits, y_t[val_idx]).item()
+
+        epochs = downstream.early_stopping(model, train_epoch, validation_loss, competitor_config.supervised_max_epochs,
+                                           competitor_config.supervised_patience)
         train_seconds = time.perf_counter() - started
-        model.load_state_dict(best_state)
         test_logits = _logits(model, seqs, titles, test_idx, batch_size * EVAL_BATCH_FACTOR, device)  # (n_test, K)
     proba = torch.softmax(test_logits.double(), dim=1).numpy()  # (n_test, K)
     metrics: dict[str, Any] = downstream.classification_metrics(y[test_idx], proba)
@@ -118,3 +115,33 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
     metrics["train_seconds"] = float(train_seconds)
     metrics["epochs"] = int(epochs)
     return metrics
+
+
+def train_on_tasks(name: str, seqs: BehaviourSequences, titles: TitleTokens,
+                   labels: dict[str, tuple[np.ndarray, np.ndarray]], competitor_config: CompetitorConfig,
+                   downstream_config: DownstreamConfig, seed: int, device: str | torch.device = "cpu"
+                   ) -> tuple[downstream.TaskResults, dict[str, float]]:
+    """:func:`train_and_score` on every task of ``labels`` (``{task: (user_ids, y)}``, as
+    ``downstream.all_task_labels`` gives them), each on the task's users' rows of ``seqs``.
+
+    Every labelled user must have a row in ``seqs``. A task ``downstream.skip_reason`` refuses
+    is skipped with its reason. Returns (the per-task metrics with the skipped tasks, the
+    training seconds of each trained task).
+    """
+    row_of = pd.Index(seqs.user_ids)
+    per_task = downstream.TaskResults()
+    seconds: dict[str, float] = {}
+    for task, (task_users, y) in labels.items():
+        reason = downstream.skip_reason(y)
+        if reason is not None:
+            per_task.skipped[task] = reason
+            continue
+        rows = row_of.get_indexer(task_users)  # (n_task,)
+        if np.any(rows < 0):
+            raise ValueError(f"task {task!r} labels users without a behaviour sequence")
+        task_seqs = BehaviourSequences(seqs.user_ids[rows], seqs.items[rows], seqs.lengths[rows])
+        metrics = train_and_score(name, task_seqs, titles, y, competitor_config, downstream_config, seed,
+                                  device=device)
+        seconds[task] = metrics["train_seconds"]
+        per_task[task] = metrics
+    return per_task, seconds
