@@ -209,22 +209,6 @@ def test_save_and_load_give_identical_encodings(tmp_path):
     assert np.array_equal(encode_sumn(model, seqs, titles, "cpu"), encode_sumn(loaded, seqs, titles, "cpu"))
 
 
-def test_a_state_dict_with_the_encoders_former_parameter_names_still_loads():
-    torch.manual_seed(0)
-    model = SUMN(30, TINY)
-    former = {"encoder.pool.key.": "encoder.word_key.", "encoder.pool.query.": "encoder.word_query.",
-              "encoder.project.": "encoder.out."}
-    old_state = {}
-    for key, value in model.state_dict().items():
-        for new, old in former.items():
-            key = key.replace(new, old) if key.startswith(new) else key
-        old_state[key] = value
-    assert "encoder.word_key.weight" in old_state
-    loaded = SUMN(30, TINY)
-    loaded.load_state_dict(old_state)
-    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), loaded.state_dict().values()))
-
-
 def test_pretraining_refuses_data_without_a_trainable_user():
     seqs = BehaviourSequences(np.array([1, 2]), np.array([[0, PAD_ITEM], [PAD_ITEM, PAD_ITEM]]), np.array([1, 0]))
     titles = TitleTokens(np.array([[2, 3]]), np.array([2]), vocab_size=4)

@@ -64,17 +64,6 @@ def behaviour_encoder(vocab_size: int, word_dim: int, hidden: int) -> TitleEncod
     return TitleEncoder(vocab_size, word_dim, hidden, activation=nn.Tanh(), attention_dim=hidden)
 
 
-# Parameter names of SUMN's encoder before it was the shared TitleEncoder: files written then still load.
-_LEGACY_ENCODER_NAMES = {"word_key.": "pool.key.", "word_query.": "pool.query.", "out.": "project."}
-
-
-def _rename_legacy_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-    for key in list(state_dict):
-        for old, new in _LEGACY_ENCODER_NAMES.items():
-            if key.startswith(prefix + old):
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
-
-
 # ---------------------------------------------------------------------------------------
 # 2. Multi-hop aggregation: h_1..h_L -> u_K
 # ---------------------------------------------------------------------------------------
@@ -152,7 +141,6 @@ class SUMN(nn.Module):
         self.vocab_size = int(vocab_size)
         self.config = config
         self.encoder = behaviour_encoder(self.vocab_size, config.word_dim, config.hidden)
-        self.encoder.register_load_state_dict_pre_hook(_rename_legacy_encoder_keys)
         self.aggregation = MultiHopAggregation(config.hidden, config.hops)
         self.word_head = nn.Linear(config.hidden, self.vocab_size)  # W^o, b^o
 
