@@ -129,7 +129,7 @@ def same_length_comparison(run: RunPaths, dataset, user_ids: np.ndarray, model: 
     """
     start_ts = periods.window_start_ts(dataset.history_end_ts, months)
     seqs = sequences.recent_behaviours(dataset.history(), user_ids, competitor_config.sequence_length, since_ts=start_ts)
-    titles = sequences.title_tokens(dataset.items["title"].tolist(), load_json(run.text))
+    titles = sequences.title_tokens(dataset.items["title"].tolist(), load_json(run.text), competitor_config.title_words)
     label = f"({months}M)"
     timed = {}
 

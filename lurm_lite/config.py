@@ -137,6 +137,7 @@ class CompetitorConfig:
     """
 
     sequence_length: int = 50  # L: most recent history behaviours per user (paper, Amazon: 50)
+    title_words: int | None = None  # words kept per title (None: notebook 01's Tr)
     word_dim: int = 128  # word embedding size of the title encoders
     hidden: int = 128  # behaviour and user vector size
     heads: int = 4  # PTUM: self-attention heads
@@ -228,10 +229,12 @@ def for_scale(scale: str) -> LURMConfig:
         config.analysis = dataclasses.replace(config.analysis, ablation_epochs=2,
                                               variants=("monthly", "yearly", "1anchor-H"),
                                               n_interests_sweep=(100, 300, 1000, 3000, 10_000))
-        # The competitors at a size that fits the 2-core demo (the paper's: the defaults above).
-        config.competitors = dataclasses.replace(config.competitors, word_dim=64, hidden=64, layers=1,
-                                                 pretrain_epochs=3, supervised_max_epochs=8, supervised_patience=2,
-                                                 cnn_filters=64)
+        # The competitors at a size that fits the 2-core demo; the paper's L = 50 behaviours, but
+        # 8 words a title (synthetic Tr is 28) and vectors of 32. The paper scale is
+        # CompetitorConfig's defaults (sizes 128, Tr words).
+        config.competitors = dataclasses.replace(config.competitors, title_words=8, word_dim=32, hidden=32, heads=2,
+                                                 layers=1, pretrain_epochs=2, supervised_max_epochs=4,
+                                                 supervised_patience=1, cnn_filters=32)
     else:  # paper, §3.4
         config.item = dataclasses.replace(config.item, dim=128, epochs=5, pairs_per_epoch=10_000_000)
         config.clustering = dataclasses.replace(config.clustering, n_interests=100_000, niter=20,

@@ -477,21 +477,29 @@ def _probe_pool(workers: int) -> ProcessPoolExecutor:
     return _PROBE_POOLS[workers]
 
 
-def _evaluate_tasks(jobs: Mapping[str, tuple[Features, np.ndarray]], config: DownstreamConfig, seed: int,
-                    device: str | torch.device) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate_task` of every ``{task: (X, y)}``, side by side when the cores allow
-    (:func:`probe_workers`); results in the order of ``jobs``."""
-    workers = probe_workers(config, device, len(jobs))
+def side_by_side(function: Callable[..., Any], jobs: Mapping[str, tuple], workers: int) -> dict[str, Any]:
+    """``function(*args)`` of every ``{task: args}``, in ``workers`` spawned processes when more
+    than one (:func:`probe_workers`), else in this process; results in the order of ``jobs``.
+
+    ``function`` and its arguments must pickle (a module-level function, arrays, configs).
+    """
     if workers == 1:
-        return {task: evaluate_task(X, y, config, seed, device) for task, (X, y) in jobs.items()}
+        return {task: function(*args) for task, args in jobs.items()}
     pool = _probe_pool(workers)
     try:
-        futures = {task: pool.submit(evaluate_task, X, y, config, seed, device) for task, (X, y) in jobs.items()}
+        futures = {task: pool.submit(function, *args) for task, args in jobs.items()}
         return {task: future.result() for task, future in futures.items()}
     except BrokenProcessPool as error:  # a worker died (e.g. out of memory): the next call starts a new pool
         del _PROBE_POOLS[workers]
-        raise RuntimeError(f"a probe worker process died ({error}); set DownstreamConfig.workers = 1 "
-                           "to probe in this process") from error
+        raise RuntimeError(f"a worker process died ({error}); set DownstreamConfig.workers = 1 "
+                           "to train and probe in this process") from error
+
+
+def _evaluate_tasks(jobs: Mapping[str, tuple[Features, np.ndarray]], config: DownstreamConfig, seed: int,
+                    device: str | torch.device) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_task` of every ``{task: (X, y)}``, side by side when the cores allow."""
+    return side_by_side(evaluate_task, {task: (X, y, config, seed, device) for task, (X, y) in jobs.items()},
+                        probe_workers(config, device, len(jobs)))
 
 
 def all_task_labels(dataset: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -62,7 +62,8 @@ class _Inputs:
     def sequences(self) -> tuple[sequences.BehaviourSequences, sequences.TitleTokens]:
         """The L most recent behaviours of every user and the items' titles as word ids (§3.4)."""
         self.run.require(self.run.text, notebook="01_data")
-        titles = sequences.title_tokens(self.dataset.items["title"].tolist(), io.load_json(self.run.text))
+        titles = sequences.title_tokens(self.dataset.items["title"].tolist(), io.load_json(self.run.text),
+                                        self.competitors.title_words)
         return sequences.recent_behaviours(self.history, self.user_ids, self.competitors.sequence_length), titles
 
 

@@ -41,3 +41,5 @@ def test_titles_as_word_ids_and_behaviour_tokens():
     tokens = behaviour_tokens(np.array([[2, 0, PAD_ITEM]]), titles)  # (1, 3, Tr)
     assert tokens.shape == (1, 3, 2) and tokens[0, 2].tolist() == [0, 0]
     assert tokens[0, 1].tolist() == titles.tokens[0].tolist()
+    first_word = title_tokens(["red car"], {"vocabulary": vocab.to_dict(), "truncation_length": 2}, max_words=1)
+    assert first_word.tokens.tolist() == [[vocab.word_id("red")]] and first_word.lengths.tolist() == [1]

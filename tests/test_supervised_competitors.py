@@ -203,3 +203,17 @@ def test_train_on_tasks_trains_each_task_on_its_users_rows_and_skips_with_a_reas
     with pytest.raises(ValueError, match="without a behaviour sequence"):
         supervised.train_on_tasks("TextCNN", seqs, titles, {"planted": (labels["planted"][0] + 1, labels["planted"][1])},
                                   config, FAST_DOWNSTREAM, seed=0)
+
+
+def test_tasks_trained_side_by_side_equal_the_in_process_ones():
+    seqs, titles, y = _planted_task(n_users=150, seed=4)
+    config = CompetitorConfig(**{**vars(TINY), "supervised_max_epochs": 1})
+    labels = {"planted": (seqs.user_ids, y), "first half": (seqs.user_ids[:120], y[:120])}
+
+    def scores(workers):
+        downstream_config = DownstreamConfig(bootstrap=50, workers=workers)
+        per_task, _ = supervised.train_on_tasks("HAN", seqs, titles, labels, config, downstream_config, seed=0)
+        return {task: {k: v for k, v in m.items() if k != "train_seconds"} for task, m in per_task.items()}
+
+    assert downstream.probe_workers(DownstreamConfig(workers=2), "cpu", n_tasks=2) == 2
+    assert scores(2) == scores(1)

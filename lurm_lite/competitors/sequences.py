@@ -73,10 +73,15 @@ def recent_behaviours(history: pd.DataFrame, user_ids: np.ndarray, length: int =
     return BehaviourSequences(user_ids, out, lengths)
 
 
-def title_tokens(titles: list[str], text_info: dict) -> TitleTokens:
-    """Items' titles as word ids with notebook 01's vocabulary and Tr (``text_info`` = ``text.json``)."""
+def title_tokens(titles: list[str], text_info: dict, max_words: int | None = None) -> TitleTokens:
+    """Items' titles as word ids with notebook 01's vocabulary and Tr (``text_info`` = ``text.json``).
+
+    ``max_words`` keeps only a title's first words when below Tr (``CompetitorConfig.title_words``:
+    the sequence models read L x Tr words per user, the cost that bounds them in §3.4).
+    """
     vocab = text.Vocabulary.from_dict(text_info["vocabulary"])
-    tokens, lengths = text.encode_titles(titles, vocab, text_info["truncation_length"])
+    truncation = text_info["truncation_length"] if max_words is None else min(max_words, text_info["truncation_length"])
+    tokens, lengths = text.encode_titles(titles, vocab, truncation)
     return TitleTokens(tokens, lengths, len(vocab))
 
 

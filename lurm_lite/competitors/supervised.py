@@ -125,12 +125,13 @@ def train_on_tasks(name: str, seqs: BehaviourSequences, titles: TitleTokens,
     ``downstream.all_task_labels`` gives them), each on the task's users' rows of ``seqs``.
 
     Every labelled user must have a row in ``seqs``. A task ``downstream.skip_reason`` refuses
-    is skipped with its reason. Returns (the per-task metrics with the skipped tasks, the
+    is skipped with its reason. The tasks train side by side, one process per core, as the
+    probes do (``downstream.probe_workers``; each model is seeded and single-threaded, so the
+    result does not depend on it). Returns (the per-task metrics with the skipped tasks, the
     training seconds of each trained task).
     """
     row_of = pd.Index(seqs.user_ids)
-    per_task = downstream.TaskResults()
-    seconds: dict[str, float] = {}
+    per_task, jobs = downstream.TaskResults(), {}
     for task, (task_users, y) in labels.items():
         reason = downstream.skip_reason(y)
         if reason is not None:
@@ -140,8 +141,7 @@ def train_on_tasks(name: str, seqs: BehaviourSequences, titles: TitleTokens,
         if np.any(rows < 0):
             raise ValueError(f"task {task!r} labels users without a behaviour sequence")
         task_seqs = BehaviourSequences(seqs.user_ids[rows], seqs.items[rows], seqs.lengths[rows])
-        metrics = train_and_score(name, task_seqs, titles, y, competitor_config, downstream_config, seed,
-                                  device=device)
-        seconds[task] = metrics["train_seconds"]
-        per_task[task] = metrics
-    return per_task, seconds
+        jobs[task] = (name, task_seqs, titles, y, competitor_config, downstream_config, seed, device)
+    workers = downstream.probe_workers(downstream_config, device, len(jobs))
+    per_task.update(downstream.side_by_side(train_and_score, jobs, workers))
+    return per_task, {task: metrics["train_seconds"] for task, metrics in per_task.items()}
