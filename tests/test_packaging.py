@@ -74,7 +74,7 @@ def _layers_of_architecture_map() -> dict[str, int]:
     for row in table.splitlines()[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         layer = int(cells[0].split(".", 1)[0])
-        for name in re.findall(r"`([a-z_/*]+)`", cells[1]):
+        for name in re.findall(r"`([a-z_/*.]+)`", cells[1]):
             if name == "data_prep/*":
                 layers |= {f"data_prep.{p.stem}": layer for p in (ROOT / "data_prep").glob("*.py") if p.stem != "__init__"}
             else:
@@ -83,7 +83,8 @@ def _layers_of_architecture_map() -> dict[str, int]:
 
 
 def _imported_modules(path: Path, package: str) -> set[str]:
-    """The lurm_lite / data_prep modules ``path`` imports anywhere (function bodies included)."""
+    """The lurm_lite / data_prep modules ``path`` imports anywhere (function bodies included);
+    ``package`` is the importing module's package, for relative imports."""
     import ast
 
     found = set()
@@ -99,11 +100,11 @@ def _imported_modules(path: Path, package: str) -> set[str]:
 
 def test_every_module_is_on_the_architecture_map_and_imports_only_its_layer_and_below():
     layers = _layers_of_architecture_map()
-    modules = {f"{package}.{p.stem}": p for package in ("lurm_lite", "data_prep")
-               for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for package in ("lurm_lite", "data_prep")
+               for p in (ROOT / package).rglob("*.py") if p.stem != "__init__"}
     assert sorted(set(modules) - set(layers)) == [], "modules missing from docs/architecture.md's layer table"
     assert sorted(set(layers) - set(modules)) == [], "the layer table names modules that do not exist"
     upward = [f"{name} (layer {layers[name]}) imports {target} (layer {layers[target]})"
-              for name, path in modules.items() for target in _imported_modules(path, name.split(".")[0])
+              for name, path in modules.items() for target in _imported_modules(path, name.rsplit(".", 1)[0])
               if target in layers and layers[target] > layers[name]]
     assert upward == []
