@@ -10,7 +10,7 @@ import nbformat
 import papermill
 import pytest
 
-from lurm_lite import chain
+from lurm_lite import chain, evaluate
 from lurm_lite.io import load_json
 from lurm_lite.results import load_results
 from lurm_lite.runs import RunPaths
@@ -77,8 +77,14 @@ def _check_run(run: RunPaths, dataset: dict) -> dict:
     results = load_results(run.results)
     task_names = {t["name"] for t in dataset["tasks"]}
     assert set(results["tasks"]) | set(results["skipped"]) == task_names  # a task too small to score is skipped, with its reason
-    for methods in results["tasks"].values():
-        assert {"LURM", "TF-IDF", "BoI", "RFM"} <= set(methods)
+    for methods in results["tasks"].values():  # every method of Table 2 and the kit's references, every task
+        assert list(methods) == list(evaluate.METHODS)
+    assert results["supervised"] == ["TextCNN", "HAN"]
+    seconds = load_json(run.stage_json("05_downstream"))["seconds"]
+    assert seconds["PTUM"]["pretrain_seconds"] > 0 and seconds["SUMN"]["epochs"] >= 1
+    assert all(f"train_seconds {task}" in seconds["HAN"] for task in results["tasks"])
+    same_length = load_json(run.stage_json("06_length_ablation"))["same_length"]  # Tables 3-4: the same 2 months
+    assert set(same_length) == {"LURM(2M)", "TextCNN(2M)", "HAN(2M)", "PTUM(2M)", "SUMN(2M)"}
     return results
 
 

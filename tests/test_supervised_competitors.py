@@ -212,7 +212,8 @@ def test_tasks_trained_side_by_side_equal_the_in_process_ones():
 
     def scores(workers):
         downstream_config = DownstreamConfig(bootstrap=50, workers=workers)
-        per_task, _ = supervised.train_on_tasks("HAN", seqs, titles, labels, config, downstream_config, seed=0)
+        per_task, _ = supervised.train_on_tasks("HAN", seqs, titles, labels, config, downstream_config, seed=0,
+                                                device="auto")  # the notebooks' default, on this CPU machine
         return {task: {k: v for k, v in m.items() if k != "train_seconds"} for task, m in per_task.items()}
 
     assert downstream.probe_workers(DownstreamConfig(workers=2), "cpu", n_tasks=2) == 2

@@ -130,6 +130,7 @@ def train_on_tasks(name: str, seqs: BehaviourSequences, titles: TitleTokens,
     result does not depend on it). Returns (the per-task metrics with the skipped tasks, the
     training seconds of each trained task).
     """
+    device = pick_device(device)
     row_of = pd.Index(seqs.user_ids)
     per_task, jobs = downstream.TaskResults(), {}
     for task, (task_users, y) in labels.items():
