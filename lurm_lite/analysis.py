@@ -764,7 +764,7 @@ def length_findings(stage: Mapping[str, Any]) -> str:
         tasks_same = [t for t in same[lurm_short] if all(t in same[k] for k in others)]
         ahead = [t for t in tasks_same if all(same[lurm_short][t] > same[k][t] for k in others)]
         best_other = {t: max(others, key=lambda k: same[k][t]) for t in tasks_same}
-        lines.append(f"- **Same input, {lurm_short[4:]}** (Tables 3-4): {lurm_short} is above every sequence model "
+        lines.append(f"- **Same input {lurm_short[len('LURM'):]}** (Tables 3-4): {lurm_short} is above every sequence model "
                      f"({', '.join(others)}) on {_of(len(ahead), len(tasks_same))} tasks (the paper: on all)"
                      + ("; behind the best of them on " + "; ".join(
                          _versus(lurm_short, same[lurm_short][t], best_other[t], same[best_other[t]][t]) + f" ({t})"

@@ -370,6 +370,18 @@ def test_length_findings_state_inequalities_and_flip_with_them():
     assert "no length to compare" in analysis.length_findings({**_length_stage(0.8), "window_names": ["life"]})
 
 
+def test_length_findings_compare_lurm_2m_with_the_sequence_models_on_the_same_input():
+    same = {"LURM(2M)": {"age": _m(0.60, 0.3), "books": _m(0.74, 0.7)},
+            "PTUM(2M)": {"age": _m(0.52, 0.3), "books": _m(0.72, 0.7)},
+            "HAN(2M)": {"age": _m(0.53, 0.3), "books": _m(0.75, 0.7)}}
+    text = analysis.length_findings({**_length_stage(0.845), "same_length": same})
+    assert ("**Same input (2M)** (Tables 3-4): LURM(2M) is above every sequence model (PTUM(2M), HAN(2M)) on 1 of 2 "
+            "tasks (the paper: on all); behind the best of them on LURM(2M) 0.740 < HAN(2M) 0.750 (books).") in text
+    same["HAN(2M)"]["books"] = _m(0.70, 0.7)
+    assert "on 2 of 2 tasks (the paper: on all)." in analysis.length_findings({**_length_stage(0.845), "same_length": same})
+    assert "Same input" not in analysis.length_findings(_length_stage(0.845))
+
+
 def test_anchor_findings_flip_with_the_measurements():
     stage = {"users": 100, "anchors": 10, "knn_anchor_purity": {"initialised": 0.55, "trained": 0.67},
              "silhouette": {"initialised": -0.02, "trained": 0.04},
