@@ -604,15 +604,6 @@ def item_label_matrix(labels: Sequence[str] | pd.Series,
     return sp.csr_matrix((values.astype(np.float64), (rows, cols)), shape=(len(parts), len(names))), names
 
 
-def _as_matrix(assignment: np.ndarray | sp.spmatrix, n_cols: int | None = None) -> sp.csr_matrix:
-    """Hard labels (n,) -> one-hot CSR (n, n_cols); a CSR passes through."""
-    if sp.issparse(assignment):
-        return sp.csr_matrix(assignment, dtype=np.float64)
-    labels = np.asarray(assignment, dtype=np.int64)
-    n_cols = int(labels.max()) + 1 if n_cols is None else n_cols
-    return sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)), shape=(len(labels), n_cols))
-
-
 def anchor_label_mass(alpha: np.ndarray, item_interest: np.ndarray | sp.spmatrix, item_labels: np.ndarray | sp.spmatrix,
                       n_labels: int | None = None, item_weight: np.ndarray | None = None) -> np.ndarray:
     """Alpha-weighted item mass of each label under each anchor: (M, L).
@@ -625,8 +616,8 @@ def anchor_label_mass(alpha: np.ndarray, item_interest: np.ndarray | sp.spmatrix
     summing over the anchors gives each label's total weight.
     """
     alpha = np.asarray(alpha, dtype=np.float64)
-    A = _as_matrix(item_interest, alpha.shape[0])  # (n_items, D)
-    Lm = _as_matrix(item_labels, n_labels)  # (n_items, L)
+    A = clustering.assignment_matrix(item_interest, alpha.shape[0])  # (n_items, D)
+    Lm = clustering.assignment_matrix(item_labels, n_labels)  # (n_items, L)
     w = np.ones(A.shape[0]) if item_weight is None else np.asarray(item_weight, dtype=np.float64)
     item_anchor = np.asarray(A @ alpha) * w[:, None]  # (n_items, M)
     return np.asarray(Lm.T @ item_anchor).T  # (M, L)

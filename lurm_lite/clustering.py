@@ -303,7 +303,7 @@ def topic_recovery(embeddings: np.ndarray, item_interest: np.ndarray, item_topic
             "nmi_random_embeddings": float(normalized_mutual_info_score(item_topic, random_assignment))}
 
 
-def _assignment_matrix(item_interest: np.ndarray | sp.spmatrix, n_interests: int | None) -> sp.csr_matrix:
+def assignment_matrix(item_interest: np.ndarray | sp.spmatrix, n_interests: int | None = None) -> sp.csr_matrix:
     """Hard (n,) -> one-hot (n, D) CSR; a soft (n, D) sparse or dense matrix -> CSR float64."""
     if sp.issparse(item_interest) or np.ndim(item_interest) == 2:
         return sp.csr_matrix(item_interest, dtype=np.float64)
@@ -358,7 +358,7 @@ def interest_labels(item_interest: np.ndarray | sp.spmatrix, items: pd.DataFrame
     Returns a list of D strings: ``"j Category: w1, w2"``, ``"j: w1, w2"`` (no category),
     ``"j Category"`` (no word), ``"j"``, or ``"j (empty)"`` for an interest without items.
     """
-    A = _assignment_matrix(item_interest, n_interests)  # (n_items, D) a(x, j)
+    A = assignment_matrix(item_interest, n_interests)  # (n_items, D) a(x, j)
     if item_weight is not None:
         A = sp.diags(np.asarray(item_weight, dtype=np.float64)) @ A
     A = A.T.tocsr()  # (D, n_items) mass of each item in each interest
