@@ -35,9 +35,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import baselines, clustering, downstream, io, periods
+from lurm_lite import baselines, clustering, downstream, evaluate, io, periods
 from lurm_lite.boi import BoISequences, build_boi
-from lurm_lite.competitors import ptum, sequences, sumn, supervised
+from lurm_lite.competitors import sequences, supervised
 from lurm_lite.config import (ITEMS_PER_INTEREST, PAPER_LENGTHS_MONTHS, ClusteringConfig, CompetitorConfig,
                               DownstreamConfig, SMENConfig, UserTrainingConfig)
 from lurm_lite.io import load_json, save_npz
@@ -117,19 +117,22 @@ def evaluate_representation(X, user_ids: np.ndarray, dataset, config: Downstream
 def same_length_comparison(run: RunPaths, dataset, user_ids: np.ndarray, model: SMEN, boi: Mapping[str, BoISequences],
                            competitor_config: CompetitorConfig, config: DownstreamConfig, seed: int,
                            device: str | torch.device, labels: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                           months: int = 2) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+                           months: int = 2, lurm_window: Mapping[str, Any] | None = None
+                           ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """Tables 3-4's comparison at equal input (§3.4-3.5): every method fed only the last ``months``.
 
     The paper gives its competitors "behavior data of two months" on the industrial data and
     finds LURM(2M) ahead of all of them at that length. Here: LURM(2M) (the trained SMEN of
     notebook 04, encoded over the window), PTUM and SUMN as pre-trained in notebook 05
     (``run.pretrained``; a model not there is left out) encoding the window's L most recent
-    behaviours, and TextCNN and HAN trained per task on that same input and split. Returns
+    behaviours, and TextCNN and HAN trained per task on that same input and split.
+    ``lurm_window``: LURM's metrics on this window when already computed (notebook 06's
+    length windows), so it is not encoded and probed again. Returns
     ``({"LURM(2M)" | "<method>(2M)": {task: metrics}}, {method: seconds})``.
     """
     start_ts = periods.window_start_ts(dataset.history_end_ts, months)
     seqs = sequences.recent_behaviours(dataset.history(), user_ids, competitor_config.sequence_length, since_ts=start_ts)
-    titles = sequences.title_tokens(dataset.items["title"].tolist(), load_json(run.text), competitor_config.title_words)
+    titles = sequences.run_title_tokens(run, dataset.items, competitor_config)
     label = f"({months}M)"
     timed = {}
 
@@ -139,16 +142,16 @@ def same_length_comparison(run: RunPaths, dataset, user_ids: np.ndarray, model: 
         timed[name] = round(time.perf_counter() - began, 1)
         return out
 
-    rows = {f"LURM{label}": clock(f"LURM{label}", lambda: evaluate_representation(
-        encode_users(model, dict(boi), user_ids, device, last_months=months, history_end_ts=dataset.history_end_ts),
-        user_ids, dataset, config, seed, labels))}
-    for name, (load, encode) in {"PTUM": (ptum.load_ptum, ptum.encode_ptum),
-                                 "SUMN": (sumn.load_sumn, sumn.encode_sumn)}.items():
+    rows = {f"LURM{label}": lurm_window if lurm_window is not None else clock(f"LURM{label}", lambda: (
+        evaluate_representation(encode_users(model, dict(boi), user_ids, device, last_months=months,
+                                             history_end_ts=dataset.history_end_ts), user_ids, dataset, config,
+                                seed, labels)))}
+    for name, method in evaluate.PRETRAINED.items():
         if run.pretrained(name).exists():
             rows[name + label] = clock(name + label, lambda: evaluate_representation(
-                encode(load(run.pretrained(name), device), seqs, titles, device), user_ids, dataset, config, seed,
-                labels))
-    for name in supervised.SUPERVISED_MODELS:
+                method.encode(method.load(run.pretrained(name), device), seqs, titles, device), user_ids, dataset,
+                config, seed, labels))
+    for name in evaluate.SUPERVISED:
         rows[name + label] = clock(name + label, lambda: supervised.train_on_tasks(
             name, seqs, titles, dict(labels), competitor_config, config, seed, device)[0])
     return rows, timed

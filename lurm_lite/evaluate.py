@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,6 @@ from lurm_lite.user_training import load_user_reps
 # SUMN, then LURM's rows). RFM (not in the paper) is the activity-only floor: a task it answers
 # well is about activity, not preference; MeanItemEmb and BoI are LURM's own inputs.
 METHODS = ("TF-IDF", "Doc2Vec", "TextCNN", "HAN", "PTUM", "SUMN", "RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM")
-SUPERVISED = ("TextCNN", "HAN")  # trained end to end per task (§3.3); every other method is probed frozen
 
 
 @dataclass
@@ -61,9 +60,7 @@ class _Inputs:
     @functools.cached_property
     def sequences(self) -> tuple[sequences.BehaviourSequences, sequences.TitleTokens]:
         """The L most recent behaviours of every user and the items' titles as word ids (§3.4)."""
-        self.run.require(self.run.text, notebook="01_data")
-        titles = sequences.title_tokens(self.dataset.items["title"].tolist(), io.load_json(self.run.text),
-                                        self.competitors.title_words)
+        titles = sequences.run_title_tokens(self.run, self.dataset.items, self.competitors)
         return sequences.recent_behaviours(self.history, self.user_ids, self.competitors.sequence_length), titles
 
 
@@ -115,23 +112,34 @@ def _lurm(inputs: _Inputs) -> np.ndarray:
     return reps[rows]
 
 
+class SelfSupervised(NamedTuple):
+    """What the chain calls of PTUM or SUMN (``lurm_lite.competitors``)."""
+
+    pretrain: Callable  # (seqs, titles, config, device, seed, checkpoint_path) -> (model, history)
+    encode: Callable  # (model, seqs, titles, device) -> (n, d)
+    save: Callable  # (path, model)
+    load: Callable  # (path, device) -> model
+
+
+PRETRAINED = {"PTUM": SelfSupervised(ptum.pretrain_ptum, ptum.encode_ptum, ptum.save_ptum, ptum.load_ptum),
+              "SUMN": SelfSupervised(sumn.pretrain_sumn, sumn.encode_sumn, sumn.save_sumn, sumn.load_sumn)}
+SUPERVISED = tuple(supervised.SUPERVISED_MODELS)  # TextCNN, HAN: trained end to end per task (§3.3)
+
+
 def _self_supervised(name: str) -> Callable[[_Inputs], np.ndarray]:
     """PTUM or SUMN: pre-trained once per run folder (resumed from its checkpoint, §3.3), then frozen."""
-    pretrain, encode, save = PRETRAINED[name]
+    method = PRETRAINED[name]
 
     def representation(inputs: _Inputs) -> np.ndarray:
         seqs, titles = inputs.sequences
         device = io.device(inputs.device)
-        model, history = pretrain(seqs, titles, inputs.competitors, device, inputs.seed,
-                                  checkpoint_path=inputs.run.pretrain_checkpoint(name))
-        save(inputs.run.pretrained(name), model)
+        model, history = method.pretrain(seqs, titles, inputs.competitors, device, inputs.seed,
+                                         checkpoint_path=inputs.run.pretrain_checkpoint(name))
+        method.save(inputs.run.pretrained(name), model)
         inputs.timings[name] = {"pretrain_seconds": round(history["seconds"], 1), "epochs": len(history["epoch"])}
-        return encode(model, seqs, titles, device)
+        return method.encode(model, seqs, titles, device)
     return representation
 
-
-PRETRAINED = {"PTUM": (ptum.pretrain_ptum, ptum.encode_ptum, ptum.save_ptum),
-              "SUMN": (sumn.pretrain_sumn, sumn.encode_sumn, sumn.save_sumn)}
 
 REPRESENTATIONS: dict[str, Callable[[_Inputs], downstream.Features]] = {
     "TF-IDF": _tfidf, "Doc2Vec": _doc2vec, "PTUM": _self_supervised("PTUM"), "SUMN": _self_supervised("SUMN"),

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from lurm_lite import text
+from lurm_lite.config import CompetitorConfig
+from lurm_lite.io import load_json
+from lurm_lite.runs import RunPaths
 
 PAD_ITEM = -1  # item id of a padding position in BehaviourSequences.items
 
@@ -83,6 +86,13 @@ def title_tokens(titles: list[str], text_info: dict, max_words: int | None = Non
     truncation = text_info["truncation_length"] if max_words is None else min(max_words, text_info["truncation_length"])
     tokens, lengths = text.encode_titles(titles, vocab, truncation)
     return TitleTokens(tokens, lengths, len(vocab))
+
+
+def run_title_tokens(run: RunPaths, items: pd.DataFrame, config: CompetitorConfig) -> TitleTokens:
+    """:func:`title_tokens` of a dataset's items with the run's ``text.json`` (notebook 01) and
+    ``config.title_words``."""
+    run.require(run.text, notebook="01_data")
+    return title_tokens(items["title"].tolist(), load_json(run.text), config.title_words)
 
 
 def behaviour_tokens(items: np.ndarray, titles: TitleTokens) -> np.ndarray:
