@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -212,3 +212,24 @@ def device(preference: str | torch.device | None = None) -> torch.device:
     if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError(f"DEVICE={preference!r} was asked for but MPS is not available; use 'auto' or 'cpu'.")
     return chosen
+
+
+def resumable_checkpoint(path: str | Path, device, why_not: Callable[[dict], str | None], restart: str) -> dict | None:
+    """The checkpoint at ``path`` (:func:`load_torch` onto ``device``) when ``why_not(ckpt)`` is None.
+
+    Otherwise None, after printing ``not resuming PATH: REASON; RESTART``: the reason is
+    ``why_not``'s, or that the file is not a dict, holds pickled objects or cannot be read.
+    The one rule of every resumable training loop (SMEN, PTUM, SUMN).
+    """
+    try:
+        ckpt = load_torch(path, map_location=device)
+        reason = why_not(ckpt) if isinstance(ckpt, dict) else "it is not a checkpoint"
+    except UnsafeArtifact:
+        reason = "it holds objects other than tensors and plain data (an older lurm_lite's format)"
+    except (RuntimeError, EOFError, KeyError, OSError) as exc:
+        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+    if reason is None:
+        return ckpt
+    print(f"[lurm_lite] not resuming {path}: {reason}; {restart}")
+    return None
+

@@ -322,21 +322,6 @@ def _why_not_resume(ckpt: dict, inputs: dict, epochs: int) -> str | None:
     return None
 
 
-def _load_resumable(checkpoint_path: Path, inputs: dict, epochs: int, device: torch.device) -> dict | None:
-    """The checkpoint at ``checkpoint_path`` when it may be resumed, else None with a printed reason."""
-    try:
-        ckpt = io.load_torch(checkpoint_path, map_location=device)
-        reason = _why_not_resume(ckpt, inputs, epochs) if isinstance(ckpt, dict) else "it is not a checkpoint"
-    except io.UnsafeArtifact:
-        reason = "it holds objects other than tensors and plain data (an older lurm_lite's format)"
-    except (RuntimeError, EOFError, KeyError, OSError) as exc:
-        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
-    if reason is None:
-        return ckpt
-    print(f"[lurm_lite] not resuming {checkpoint_path}: {reason}; training from scratch")
-    return None
-
-
 def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_config: UserTrainingConfig,
                device: torch.device | str | None, seed: int, checkpoint_path: str | Path | None = None,
                resume: bool = True, progress: bool = True,
@@ -383,7 +368,9 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
     history: dict[str, list] = {"step": [], "epoch": [], "eval": []}
     first_epoch = 0
     inputs = _checkpoint_inputs(boi, smen_config, train_config, seed) if checkpoint_path is not None else None
-    ckpt = (_load_resumable(Path(checkpoint_path), inputs, train_config.epochs, dev)
+    ckpt = (io.resumable_checkpoint(checkpoint_path, dev,
+                                    lambda saved: _why_not_resume(saved, inputs, train_config.epochs),
+                                    "training from scratch")
             if checkpoint_path is not None and resume and Path(checkpoint_path).exists() else None)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

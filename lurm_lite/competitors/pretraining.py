@@ -58,25 +58,15 @@ def _mismatch(saved: dict, inputs: dict) -> str:
     return f"its config differs ({', '.join(changed)})"
 
 
-def resumable(path: Path, inputs: dict, epochs: int, device: torch.device, name: str) -> dict | None:
-    """The checkpoint at ``path`` when it was written from ``inputs`` and has trained <= ``epochs``,
-    else None with a printed reason."""
-    try:
-        ckpt = io.load_torch(path, map_location=device)
-        saved = ckpt.get("inputs") if isinstance(ckpt, dict) else None
-        if not isinstance(saved, dict):
-            reason = "it is not a checkpoint of this format"
-        elif saved != inputs:
-            reason = _mismatch(saved, inputs)
-        elif ckpt["epoch"] > epochs:
-            reason = f"it has trained {ckpt['epoch']} epochs, more than the {epochs} asked for"
-        else:
-            return ckpt
-    except io.UnsafeArtifact:
-        reason = "it holds objects other than tensors and plain data"
-    except (RuntimeError, EOFError, KeyError, OSError) as exc:
-        reason = f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
-    print(f"[lurm_lite] not resuming {path}: {reason}; pre-training {name} from scratch")
+def _why_not_resume(ckpt: dict, inputs: dict, epochs: int) -> str | None:
+    """Why ``ckpt`` must not continue a run from ``inputs`` for ``epochs`` (None: resume)."""
+    saved = ckpt.get("inputs")
+    if not isinstance(saved, dict):
+        return "it is not a checkpoint of this format"
+    if saved != inputs:
+        return _mismatch(saved, inputs)
+    if ckpt["epoch"] > epochs:
+        return f"it has trained {ckpt['epoch']} epochs, more than the {epochs} asked for"
     return None
 
 
@@ -97,7 +87,9 @@ def pretrain(name: str, model: nn.Module, loss_of_batch: LossOfBatch, users: np.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: dict = {"epoch": [], "seconds": 0.0}
     first_epoch = 0
-    ckpt = (resumable(Path(checkpoint_path), inputs, config.pretrain_epochs, device, name)
+    ckpt = (io.resumable_checkpoint(checkpoint_path, device,
+                                    lambda saved: _why_not_resume(saved, inputs, config.pretrain_epochs),
+                                    f"pre-training {name} from scratch")
             if checkpoint_path is not None and Path(checkpoint_path).exists() else None)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
