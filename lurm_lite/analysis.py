@@ -37,7 +37,7 @@ import torch
 
 from lurm_lite import baselines, clustering, downstream, evaluate, io, periods
 from lurm_lite.boi import BoISequences, build_boi
-from lurm_lite.competitors import sequences, supervised
+from lurm_lite.competitors import pretraining, sequences, supervised
 from lurm_lite.config import (ITEMS_PER_INTEREST, PAPER_LENGTHS_MONTHS, ClusteringConfig, CompetitorConfig,
                               DownstreamConfig, SMENConfig, UserTrainingConfig)
 from lurm_lite.io import load_json, save_npz
@@ -146,11 +146,11 @@ def same_length_comparison(run: RunPaths, dataset, user_ids: np.ndarray, model: 
         evaluate_representation(encode_users(model, dict(boi), user_ids, device, last_months=months,
                                              history_end_ts=dataset.history_end_ts), user_ids, dataset, config,
                                 seed, labels)))}
-    for name, method in evaluate.PRETRAINED.items():
+    for name, (model_class, _) in evaluate.PRETRAINED.items():
         if run.pretrained(name).exists():
             rows[name + label] = clock(name + label, lambda: evaluate_representation(
-                method.encode(method.load(run.pretrained(name), device), seqs, titles, device), user_ids, dataset,
-                config, seed, labels))
+                pretraining.encode(pretraining.load(model_class, run.pretrained(name), device), seqs, titles, device),
+                user_ids, dataset, config, seed, labels))
     for name in evaluate.SUPERVISED:
         rows[name + label] = clock(name + label, lambda: supervised.train_on_tasks(
             name, seqs, titles, dict(labels), competitor_config, config, seed, device)[0])

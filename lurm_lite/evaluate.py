@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ import torch
 from data_prep.schema import Dataset, load_dataset
 from lurm_lite import baselines, downstream, io, results
 from lurm_lite.boi import load_boi
-from lurm_lite.competitors import ptum, sequences, sumn, supervised
+from lurm_lite.competitors import pretraining, ptum, sequences, sumn, supervised
 from lurm_lite.config import CompetitorConfig, DownstreamConfig, for_scale
 from lurm_lite.runs import MissingPrerequisite, RunPaths
 from lurm_lite.smen import load_smen
@@ -112,32 +112,24 @@ def _lurm(inputs: _Inputs) -> np.ndarray:
     return reps[rows]
 
 
-class SelfSupervised(NamedTuple):
-    """What the chain calls of PTUM or SUMN (``lurm_lite.competitors``)."""
-
-    pretrain: Callable  # (seqs, titles, config, device, seed, checkpoint_path) -> (model, history)
-    encode: Callable  # (model, seqs, titles, device) -> (n, d)
-    save: Callable  # (path, model)
-    load: Callable  # (path, device) -> model
-
-
-PRETRAINED = {"PTUM": SelfSupervised(ptum.pretrain_ptum, ptum.encode_ptum, ptum.save_ptum, ptum.load_ptum),
-              "SUMN": SelfSupervised(sumn.pretrain_sumn, sumn.encode_sumn, sumn.save_sumn, sumn.load_sumn)}
+# PTUM and SUMN: pre-trained by their own loss, then encoded, saved and loaded alike
+# (``competitors.pretraining.encode / save / load``).
+PRETRAINED = {"PTUM": (ptum.PTUM, ptum.pretrain_ptum), "SUMN": (sumn.SUMN, sumn.pretrain_sumn)}
 SUPERVISED = tuple(supervised.SUPERVISED_MODELS)  # TextCNN, HAN: trained end to end per task (§3.3)
 
 
 def _self_supervised(name: str) -> Callable[[_Inputs], np.ndarray]:
     """PTUM or SUMN: pre-trained once per run folder (resumed from its checkpoint, §3.3), then frozen."""
-    method = PRETRAINED[name]
+    _, pretrain = PRETRAINED[name]
 
     def representation(inputs: _Inputs) -> np.ndarray:
         seqs, titles = inputs.sequences
         device = io.device(inputs.device)
-        model, history = method.pretrain(seqs, titles, inputs.competitors, device, inputs.seed,
-                                         checkpoint_path=inputs.run.pretrain_checkpoint(name))
-        method.save(inputs.run.pretrained(name), model)
+        model, history = pretrain(seqs, titles, inputs.competitors, device, inputs.seed,
+                                  checkpoint_path=inputs.run.pretrain_checkpoint(name))
+        pretraining.save(inputs.run.pretrained(name), model)
         inputs.timings[name] = {"pretrain_seconds": round(history["seconds"], 1), "epochs": len(history["epoch"])}
-        return method.encode(model, seqs, titles, device)
+        return pretraining.encode(model, seqs, titles, device)
     return representation
 
 

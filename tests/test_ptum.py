@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lurm_lite.competitors.ptum import (PTUM, PretrainBatch, encode_ptum, load_ptum, pretrain_ptum, sample_batch,
-                                        save_ptum)
+from lurm_lite.competitors import pretraining
+from lurm_lite.competitors.ptum import PTUM, PretrainBatch, pretrain_ptum, sample_batch
 from lurm_lite.competitors.sequences import PAD_ITEM, BehaviourSequences, TitleTokens
 from lurm_lite.config import CompetitorConfig
 
@@ -154,7 +154,7 @@ def test_pretraining_loss_falls_and_separates_planted_groups():
     assert len(history["epoch"]) == 8 and history["seconds"] > 0
     chance = 2 * math.log(1 + TINY.negatives)  # MBP + NBP when every candidate scores alike
     assert history["epoch"][-1] < 0.85 * min(history["epoch"][0], chance)
-    X = encode_ptum(model, seqs, titles, "cpu", batch_size=20)  # (n, H) over three batches
+    X = pretraining.encode(model, seqs, titles, "cpu", batch_size=20)  # (n, H) over three batches
     assert X.shape == (len(seqs.user_ids), TINY.hidden) and X.dtype == np.float32 and np.isfinite(X).all()
     assert np.array_equal(X[0], np.zeros(TINY.hidden))  # no behaviour: the zero vector
     users = seqs.lengths >= 2
@@ -187,7 +187,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
 def test_save_load_round_trip_gives_identical_encodings(tmp_path):
     seqs, titles, _ = two_groups(12)
     model = _model(3)
-    path = save_ptum(tmp_path / "ptum.pt", model)
-    loaded = load_ptum(path)
+    path = pretraining.save(tmp_path / "ptum.pt", model)
+    loaded = pretraining.load(PTUM, path)
     assert loaded.config == TINY and not loaded.training
-    assert np.array_equal(encode_ptum(loaded, seqs, titles, "cpu"), encode_ptum(model, seqs, titles, "cpu"))
+    assert np.array_equal(pretraining.encode(loaded, seqs, titles, "cpu"),
+                          pretraining.encode(model, seqs, titles, "cpu"))

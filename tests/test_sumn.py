@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lurm_lite.competitors import pretraining
 from lurm_lite.competitors.sequences import PAD_ITEM, BehaviourSequences, TitleTokens
-from lurm_lite.competitors.sumn import (SUMN, encode_sumn, load_sumn, pretrain_sumn, save_sumn,
-                                        split_halves)
+from lurm_lite.competitors.sumn import SUMN, pretrain_sumn, split_halves
 from lurm_lite.config import CompetitorConfig
 
 TINY = CompetitorConfig(sequence_length=6, word_dim=8, hidden=8, hops=3, pretrain_epochs=2,
@@ -162,7 +162,7 @@ def test_pretraining_lowers_the_loss_and_separates_users_with_consistent_items()
     model, history = pretrain_sumn(seqs, titles, config, "cpu", seed=0, progress=False)
     assert len(history["epoch"]) == 8 and history["seconds"] > 0 and not model.training
     assert history["epoch"][-1] < 0.8 * history["epoch"][0]
-    reps = encode_sumn(model, seqs, titles, "cpu", batch_size=5)
+    reps = pretraining.encode(model, seqs, titles, "cpu", batch_size=5)
     assert reps.shape == (len(seqs.user_ids), TINY.hidden) and reps.dtype == np.float32
     assert np.array_equal(reps[-2], np.zeros(TINY.hidden)) and np.isfinite(reps).all()
     grouped = groups >= 0
@@ -170,7 +170,7 @@ def test_pretraining_lowers_the_loss_and_separates_users_with_consistent_items()
     nearest = np.linalg.norm(reps[grouped, None, :] - centroids[None], axis=2).argmin(1)
     assert (nearest == groups[grouped]).mean() > 0.8
     torch.manual_seed(0)  # the initial weights of the run above
-    initial = encode_sumn(SUMN(titles.vocab_size, config), seqs, titles, "cpu")
+    initial = pretraining.encode(SUMN(titles.vocab_size, config), seqs, titles, "cpu")
     assert separation(reps, groups) > 3 * separation(initial, groups)  # measured: 3.4 -> 29
 
 
@@ -203,10 +203,10 @@ def test_save_and_load_give_identical_encodings(tmp_path):
     seqs, titles, _ = two_groups(n_per_group=4)
     torch.manual_seed(0)
     model = SUMN(titles.vocab_size, TINY)
-    path = save_sumn(tmp_path / "sumn.pt", model)
-    loaded = load_sumn(path)
+    path = pretraining.save(tmp_path / "sumn.pt", model)
+    loaded = pretraining.load(SUMN, path)
     assert loaded.config == TINY and loaded.vocab_size == titles.vocab_size and not loaded.training
-    assert np.array_equal(encode_sumn(model, seqs, titles, "cpu"), encode_sumn(loaded, seqs, titles, "cpu"))
+    assert np.array_equal(pretraining.encode(model, seqs, titles, "cpu"), pretraining.encode(loaded, seqs, titles, "cpu"))
 
 
 def test_pretraining_refuses_data_without_a_trainable_user():

@@ -1,4 +1,4 @@
-"""The resumable pre-training loop of the self-supervised competitors, PTUM and SUMN (§3.3).
+"""What PTUM and SUMN share (§3.3): the resumable pre-training loop, frozen encoding, save and load.
 
 Both pre-train once per run folder with Adam (``config.lr``) for ``config.pretrain_epochs``
 passes over their trainable users, ``config.pretrain_batch_size`` users a step, and differ
@@ -28,8 +28,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lurm_lite import io
-from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, data_fingerprint
+from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens, data_fingerprint
 from lurm_lite.config import CompetitorConfig
+from lurm_lite.user_training import inference
 
 LossOfBatch = Callable[[np.ndarray, np.random.Generator], torch.Tensor]
 
@@ -124,3 +125,39 @@ def pretrain(name: str, model: nn.Module, loss_of_batch: LossOfBatch, users: np.
             })
     bar.close()
     return model.eval(), history
+
+
+def encode(model: nn.Module, seqs: BehaviourSequences, titles: TitleTokens, device: torch.device | str | None,
+           batch_size: int = 512) -> np.ndarray:
+    """The frozen user vectors of PTUM or SUMN (``model.user_vectors``) for every user of ``seqs``:
+    (n, hidden) float32, rows in ``seqs.user_ids`` order.
+
+    The model is moved to ``device``; eval mode and no autograd inside (the mode is restored);
+    each batch is cut to its longest user (padding changes nothing, it only costs); a user
+    without behaviours gets the zero vector.
+    """
+    dev = io.device(device)
+    model.to(dev)
+    out = np.zeros((len(seqs.user_ids), model.config.hidden), dtype=np.float32)  # (n, H)
+    with inference(model):
+        for start in range(0, len(seqs.user_ids), batch_size):
+            lengths = seqs.lengths[start:start + batch_size]  # (b,)
+            width = max(1, int(lengths.max()))  # L' of this batch
+            tokens = behaviour_tokens(seqs.items[start:start + batch_size, :width], titles)  # (b, L', Tr)
+            u = model.user_vectors(torch.from_numpy(tokens).to(dev), torch.from_numpy(lengths).to(dev))  # (b, H)
+            out[start:start + len(lengths)] = u.float().cpu().numpy()
+    return out
+
+
+def save(path: str | Path, model: nn.Module) -> Path:
+    """Write PTUM or SUMN (vocabulary size, config as a plain dict, weights) atomically, for ``weights_only`` loads."""
+    return io.save_torch(path, {"vocab_size": model.vocab_size, "config": dataclasses.asdict(model.config),
+                                "state_dict": model.state_dict()})
+
+
+def load(model_class: type[nn.Module], path: str | Path, device: torch.device | str | None = "cpu") -> nn.Module:
+    """A ``model_class`` (PTUM or SUMN) written by :func:`save`, in eval mode on ``device``."""
+    saved = io.load_torch(path)
+    model = model_class(saved["vocab_size"], CompetitorConfig(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(io.device(device)).eval()

@@ -13,7 +13,7 @@ Read top to bottom:
    "Masked Behavior Prediction" (MBP) and "Next K Behaviors Prediction" (NBP);
 4. ``sample_batch``: the masks, the next-K targets and the sampled negatives of a batch;
 5. ``pretrain_ptum`` (loss = MBP + NBP, unweighted, as in Wu et al. and their released code),
-   with a resumable checkpoint; ``encode_ptum``, ``save_ptum`` / ``load_ptum``.
+   with a resumable checkpoint; encoding, save and load are ``pretraining.encode / save / load``.
 
 As in the LURM paper, PTUM is pre-trained once and then frozen: its user vectors u are
 probed like LURM's (§3.4, "LURM, SUMN and PTUM are not fine-tuned").
@@ -45,7 +45,6 @@ longest user), Tr words per title, H hidden size, P negatives, K next behaviours
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -59,7 +58,6 @@ from lurm_lite.competitors import pretraining
 from lurm_lite.competitors.encoders import AdditiveAttention, TitleEncoder
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.config import CompetitorConfig
-from lurm_lite.user_training import inference
 
 DROPOUT = 0.2  # word and Transformer dropout (the authors' code)
 FEEDFORWARD_FACTOR = 4  # Transformer feed-forward width / H (BERT)
@@ -274,37 +272,3 @@ def pretrain_ptum(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
 
     return pretraining.pretrain("PTUM", model, loss_of_batch, trainable, config, dev, seed, checkpoint_path, inputs,
                                 progress)
-
-
-def encode_ptum(model: PTUM, seqs: BehaviourSequences, titles: TitleTokens, device: torch.device | str | None,
-                batch_size: int = 512) -> np.ndarray:
-    """User vectors u of every user of ``seqs``, in ``seqs.user_ids`` order -> (n, H) float32.
-
-    The model is moved to ``device``; eval mode, no autograd. A user without behaviours
-    gets the zero vector.
-    """
-    dev = io.device(device)
-    model.to(dev)
-    out = np.zeros((len(seqs.user_ids), model.config.hidden), dtype=np.float32)  # (n, H)
-    with inference(model):
-        for start in range(0, len(seqs.user_ids), batch_size):
-            lengths = seqs.lengths[start:start + batch_size]  # (b,)
-            width = max(1, int(lengths.max()))  # L' of this batch
-            tokens = behaviour_tokens(seqs.items[start:start + batch_size, :width], titles)  # (b, L', Tr)
-            u = model.user_vectors(torch.from_numpy(tokens).to(dev), torch.from_numpy(lengths).to(dev))  # (b, H)
-            out[start:start + len(lengths)] = u.float().cpu().numpy()
-    return out
-
-
-def save_ptum(path: str | Path, model: PTUM) -> Path:
-    """Write a PTUM (vocabulary size, config as a plain dict, weights) atomically, for ``weights_only`` loads."""
-    return io.save_torch(path, {"vocab_size": model.vocab_size, "config": dataclasses.asdict(model.config),
-                                "state_dict": model.state_dict()})
-
-
-def load_ptum(path: str | Path, device: torch.device | str = "cpu") -> PTUM:
-    """Read a model written by :func:`save_ptum`, in eval mode on ``device`` (``weights_only=True``)."""
-    saved = io.load_torch(path, map_location=device)
-    model = PTUM(saved["vocab_size"], CompetitorConfig(**saved["config"]))
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval()

@@ -16,7 +16,7 @@ Read top to bottom:
    :func:`~lurm_lite.competitors.sequences.behaviour_tokens`) -> one vector h_j;
 2. ``MultiHopAggregation``: h_1..h_L -> u_K, the user representation;
 3. ``SUMN``: both, plus the word-prediction head and the consistency loss;
-4. ``pretrain_sumn`` (checkpointed, resumable), ``encode_sumn``, ``save_sumn`` / ``load_sumn``.
+4. ``pretrain_sumn`` (checkpointed, resumable); encoding, save and load are ``pretraining.encode / save / load``.
 
 Symbols: B users in a batch, L behaviours per user (``CompetitorConfig.sequence_length``),
 Tr words per title, E word size (``word_dim``), H hidden size (``hidden``), K hops (``hops``),
@@ -234,42 +234,3 @@ def pretrain_sumn(seqs: BehaviourSequences, titles: TitleTokens, config: Competi
 
     return pretraining.pretrain("SUMN", model, loss_of_batch, users, config, dev, seed, checkpoint_path, inputs,
                                 progress)
-
-
-def encode_sumn(model: SUMN, seqs: BehaviourSequences, titles: TitleTokens, device: torch.device | str | None,
-                batch_size: int = 512) -> np.ndarray:
-    """u_K of every user of ``seqs``: (n, d) float32, rows in ``seqs.user_ids`` order.
-
-    Eval mode, no autograd (the model's mode is restored), ``batch_size`` users at a time;
-    a user without behaviours gets the zero vector.
-    """
-    dev = io.device(device)
-    model = model.to(dev)
-    reps = np.zeros((len(seqs.user_ids), model.dim), dtype=np.float32)  # (n, d)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(seqs.user_ids), batch_size):
-                part = slice(start, start + batch_size)
-                tokens = torch.from_numpy(behaviour_tokens(seqs.items[part], titles)).to(dev)  # (b, L, Tr)
-                lengths = torch.from_numpy(seqs.lengths[part]).to(dev)  # (b,)
-                reps[part] = model.user_vectors(tokens, lengths).float().cpu().numpy()  # (b, d)
-    finally:
-        model.train(was_training)
-    return reps
-
-
-def save_sumn(path: str | Path, model: SUMN) -> Path:
-    """The model as plain data (config dict, vocabulary size, state_dict), written atomically."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return io.save_torch(path, {"config": dataclasses.asdict(model.config), "vocab_size": model.vocab_size,
-                                "state_dict": state})
-
-
-def load_sumn(path: str | Path, device: torch.device | str | None = "cpu") -> SUMN:
-    """A model written by :func:`save_sumn` (``weights_only`` load), in eval mode on ``device``."""
-    saved = io.load_torch(path)
-    model = SUMN(saved["vocab_size"], CompetitorConfig(**saved["config"]))
-    model.load_state_dict(saved["state_dict"])
-    return model.to(io.device(device)).eval()
