@@ -91,17 +91,19 @@ class SMENConfig:
 class UserTrainingConfig:
     """§2.2.4: self-supervised training of SMEN on pairs of sub-sequences of one user.
 
-    A view is a continuous span of the finest scale's periods (``scales[0]``, months by
-    default): its length is drawn uniformly in [min_subseq_periods, max_subseq_fraction x
-    life span] (capped at max_periods when set), its start at a non-empty period. Every
-    scale of the view is built from the behaviours inside the span only.
+    The two views of a user are disjoint continuous spans of the finest scale's periods
+    (``scales[0]``, months by default), one on each side of a cut between two consecutive
+    behaviour periods: x ends just after a behaviour, y starts at the next one. Each length
+    is drawn uniformly in [min_subseq_periods, max_subseq_fraction x life span] (capped at
+    max_periods when set) and clipped by the room on its side of the cut. Every scale of a
+    view is built from the behaviours inside its span only (``user_training.PairSampler``).
     """
 
     tau: float = 0.1
     batch_size: int = 256  # users per step: n positive pairs, 2n views
     lr: float = 1e-3
     epochs: int = 10  # one epoch = every user once as the anchor of a pair
-    min_subseq_periods: int = 6  # shortest sampled span, in periods of the finest scale
+    min_subseq_periods: int = 6  # shortest drawn span, in periods of the finest scale (before clipping)
     max_subseq_fraction: float = 0.8  # longest span as a fraction of the life span
     max_periods: int | None = None  # cap on the span in periods of the finest scale (None: the whole life)
     period_dropout: float = 0.1  # each period of a view dropped with this probability (one always kept)
