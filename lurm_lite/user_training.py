@@ -252,7 +252,7 @@ class PairSampler:
         L_x, L_y = rng.integers(shortest, longest + 1), rng.integers(shortest, longest + 1)  # (n,) each
         i = (rng.random(len(k)) * np.maximum(n_periods - 1, 1)).astype(np.int64)  # (n,) last period of x
         p_i = period[ptr[k] + i]  # (n,)
-        p_next = np.where(n_periods > 1, period[ptr[k] + np.minimum(i + 1, n_periods - 1)], p_i)  # (n,) y's start
+        p_next = period[ptr[k] + np.minimum(i + 1, n_periods - 1)]  # (n,) y's start (p_i for one period)
         a_x = np.where(n_periods > 1, np.maximum(first, p_i + 1 - L_x), p_i)
         b_x = np.where(n_periods > 1, p_i + 1, np.minimum(self.last_period + 1, p_i + L_x))
         b_y = np.minimum(self.last_period + 1, p_next + L_y)
