@@ -15,7 +15,7 @@ Reads a finished run folder of ``make demo`` (or any default-scale run) and repo
   (``python_and_other``: autograd bookkeeping, Python between kernels). Each part is timed
   on its own on the same batch (forward + backward with its inputs detached), median of
   ``--steps`` batches after a warm-up; ``gru_flops_fraction``: the GRU's arithmetic rate
-  (FLOPs counted from its padded chunks) against a plain ``torch.mm`` in the same process;
+  (FLOPs counted from the steps it computes) against a plain ``torch.mm`` in the same process;
 - ``encode_ms_per_1000_users``: whole-life encoding, collation against the forward pass;
 - ``probe_seconds``: one ``downstream.evaluate`` of the run's LURM representations on every
   task, in this process (one thread) and side by side (one worker per core).
@@ -66,15 +66,11 @@ def stage_breakdown(run: RunPaths) -> dict:
 
 def gru_flops(batch, model: SMEN) -> float:
     """FLOPs of the GRU (§2.2.2) forward over ``batch`` as TimeAggregation runs it: the M
-    sequences of each view, sorted by length in chunks padded to their longest; per
-    padded step 2 x (3H x H) multiply-adds for the input and 2 x (3H x H) for the state."""
-    M, H, chunk = model.anchors, model.hidden, model.time_aggregation.chunk
-    steps = 0
-    for x in batch.values():
-        lengths = np.sort(np.repeat(x.lengths.numpy(), M))[::-1]
-        lengths = lengths[lengths > 0]  # (S,) non-empty sequences, longest first
-        steps += sum(int(lengths[k]) * len(lengths[k:k + chunk]) for k in range(0, len(lengths), chunk))
-    return steps * 2 * (2 * 3 * H * H)
+    sequences of each view packed at their own lengths; per step 2 x (3H x H) multiply-adds
+    for the state, and 2 x (3H x H) for the input at the non-empty periods only."""
+    M, H = model.anchors, model.hidden
+    slots = sum(int(x.lengths.sum()) * M + x.n_rows * M for x in batch.values())
+    return slots * 2 * (3 * H * H)
 
 
 def training_step_profile(boi, smen_config: SMENConfig, train_config: UserTrainingConfig, steps: int,

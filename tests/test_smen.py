@@ -97,38 +97,46 @@ def test_gru_gives_the_last_hidden_state_of_each_anchor_sequence_and_zero_for_em
             torch.testing.assert_close(r_tilde[k], h[0], rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_packed_gru_equals_one_sequence_at_a_time_in_values_and_gradients():
-    """Fixed-interval timelines (steps with no row are input 0) of unequal lengths, run in
-    chunks of 2 sequences packed at their own length: the same states and gradients as a
-    plain GRU over each (user, anchor) sequence alone."""
+def test_packed_gru_equals_one_sequence_at_a_time_in_values_and_gradients():
+    """Fixed-interval timelines (steps with no row are input 0) of unequal lengths, run as one
+    time-major packed batch with the input gates of the non-empty steps only and the
+    hand-written backward pass: the same states as a plain nn.GRU over each (user, anchor)
+    sequence alone, with and without autograd, and the same gradients for r and for every GRU
+    weight and bias (b_ih also reaches the empty steps)."""
     from lurm_lite.smen import ScaleBatch, TimeAggregation
     torch.manual_seed(0)
     M, H = 3, 4
-    steps = [[0, 2, 5], [], [1], [0, 1, 2, 3], [4]]  # row steps of each user (user 1: empty)
-    lengths = [7, 0, 2, 4, 5]  # N: up to the window end, past the last row
+    steps = [[0, 2, 5], [], [1], [0, 1, 2, 3], [4], [0, 6]]  # row steps of each user (user 1: empty)
+    lengths = [7, 0, 2, 4, 5, 7]  # N: up to the window end, past the last row
     row_user = torch.tensor([u for u, st in enumerate(steps) for _ in st])
     row_step = torch.tensor([t for st in steps for t in st])
     x = ScaleBatch(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                    torch.zeros(0, dtype=torch.long), torch.zeros(0), row_user, row_step, torch.tensor(lengths))
-    aggregation = TimeAggregation(H, chunk=2)
-    r = torch.randn(len(row_user), M, H, requires_grad=True)
+    aggregation = TimeAggregation(H).double()
+    r = torch.randn(len(row_user), M, H, dtype=torch.double, requires_grad=True)
     packed = aggregation(r, x)  # (B, M, H)
     weights = torch.randn_like(packed)
     (packed * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in aggregation.named_parameters()}
+    with torch.no_grad():
+        torch.testing.assert_close(aggregation(r, x), packed)
+    aggregation.zero_grad()
     r_ref = r.detach().clone().requires_grad_(True)
-    expected = torch.zeros(len(steps), M, H)
+    expected = torch.zeros(len(steps), M, H, dtype=torch.double)
     for u, n in enumerate(lengths):
         if n == 0:
             continue
-        timeline = torch.zeros(M, n, H)
+        timeline = torch.zeros(M, n, H, dtype=torch.double)
         rows = torch.nonzero(row_user == u).flatten()
         timeline[:, row_step[rows]] = r_ref[rows].transpose(0, 1)  # (M, N, H)
         out, _ = aggregation.gru(timeline)
         expected[u] = out[:, -1]
     (expected * weights).sum().backward()
-    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(r.grad, r_ref.grad, rtol=1e-5, atol=1e-6)
-    assert torch.equal(packed[1], torch.zeros(M, H))
+    torch.testing.assert_close(packed, expected)
+    torch.testing.assert_close(r.grad, r_ref.grad)
+    for name, p in aggregation.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=f"gradient of {name}")
+    assert torch.equal(packed[1], torch.zeros(M, H, dtype=torch.double))
 
 
 def test_periods_years_apart_are_stepped_through_without_filling_the_gap():
