@@ -96,10 +96,22 @@ def _han_loops(model: HAN, tokens, lengths):
 
 
 def test_han_word_and_behaviour_attention_match_a_written_out_reference():
+    """Also with titles repeated across behaviours and users (HAN reads each distinct title
+    once per batch): the same logits and the same gradient for every parameter."""
     model = _model(HAN, seed=3)
     tokens, lengths = _tokens(np.random.default_rng(3), 5, 4, 5, [4, 0, 1, 3, 2])
+    tokens[3, 2] = tokens[0, 1]  # one title in two users
+    tokens[4, 1] = tokens[4, 0]  # and twice in one user
+    weights = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))  # (B, K)
+    (model(tokens, lengths) * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    reference = _han_loops(model, tokens, lengths)
+    (reference * weights).sum().backward()
     with torch.no_grad():
-        torch.testing.assert_close(model(tokens, lengths), _han_loops(model, tokens, lengths), rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(tokens, lengths), reference, rtol=0, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
 
 
 def _planted_task(n_users=400, seed=0):

@@ -20,15 +20,24 @@ Choices beyond the papers:
   ``hidden`` / 2 units so h_it, s_i, h_i and v have ``hidden`` numbers (Yang: 200-d words, 50
   units per direction), the attention projection ``hidden`` wide; the word table is learnt
   from scratch (Yang started from word2vec);
-- both GRUs run over packed sequences and both attentions give padding weight exactly 0, so
-  appended padding words or behaviours do not change the logits; a user without behaviours
-  gets v = 0 (finite logits: the output bias).
+- both GRUs run over each row's own length (the behaviours packed; the titles, at most Tr
+  lengths, in one batch per length), so the backward direction starts at a row's last word
+  or behaviour, and both attentions give padding weight exactly 0: appended padding words or
+  behaviours do not change the logits; a user without behaviours gets v = 0 (finite logits:
+  the output bias);
+- speed (ours; the logits are unchanged): a title that occurs several times in a batch is
+  read once by the word encoder, and the titles run in one batch per length rather than
+  packed (whose backward pass zero-fills a buffer per step on the CPU). Measured on the demo
+  data (batch 256, L = 50, 8 words, 5,431 distinct titles in 10,648 behaviours, one thread),
+  a training step: 0.60 s packed per behaviour, 0.53 s by length, 0.41 s by length and
+  distinct; packing the behaviours by length too was slower (1.2 s: up to L small batches).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lurm_lite.competitors.encoders import attention_pool
@@ -56,6 +65,23 @@ class Attention(nn.Module):
         """
         u = torch.tanh(self.project(h))  # (N, T, dim) eq. (5) / (8)
         return attention_pool(u @ self.context, h, mask)  # (N, dim) eq. (6)-(7) / (9)-(10)
+
+
+def _bigru_by_length(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``gru`` over the first ``lengths`` (N,) >= 1 steps of each row of ``x`` (N, T, in) -> (N, T, out), 0 after.
+
+    The rows of each length run as one batch of exactly that many steps, so a bidirectional
+    GRU's backward direction starts at each row's own last step.
+    """
+    order = torch.argsort(lengths, stable=True)  # (N,) rows by length
+    sizes = torch.bincount(lengths[order]).tolist()  # rows of each length 0..T
+    pieces, start = [], 0
+    for n, size in enumerate(sizes):
+        if size:
+            out, _ = gru(x[order[start:start + size], :n])  # (size, n, out)
+            pieces.append(F.pad(out, (0, 0, 0, x.shape[1] - n)))  # (size, T, out)
+            start += size
+    return torch.cat(pieces)[torch.argsort(order)]  # (N, T, out) back in the rows' order
 
 
 def _bigru_packed(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -90,10 +116,11 @@ class HAN(nn.Module):
         titled = (n_words > 0).reshape(-1)  # (B*L,) behaviours with a word to read
         s = self.out.weight.new_zeros(batch * n_behaviours, self.hidden)  # (B*L, hidden)
         if titled.any():
-            words = tokens.reshape(-1, title_len)[titled]  # (n_titled, Tr)
-            h_words = _bigru_packed(self.word_gru, self.embedding(words),
-                                    n_words.reshape(-1)[titled])  # (n_titled, Tr, hidden) h_it
-            s[titled] = self.word_attention(h_words, word_mask.reshape(-1, title_len)[titled])  # (n_titled, hidden) s_i
+            titles, title_of = torch.unique(tokens.reshape(-1, title_len)[titled], dim=0,
+                                            return_inverse=True)  # (U, Tr) distinct titles, (n_titled,)
+            title_words = (titles != 0).sum(dim=1)  # (U,)
+            h_words = _bigru_by_length(self.word_gru, self.embedding(titles), title_words)  # (U, Tr, hidden) h_it
+            s[titled] = self.word_attention(h_words, titles != 0)[title_of]  # (n_titled, hidden) s_i
         s = s.reshape(batch, n_behaviours, self.hidden)  # (B, L, hidden)
         v = s.new_zeros(batch, self.hidden)  # (B, hidden)
         active = lengths > 0  # (B,) users with a behaviour
