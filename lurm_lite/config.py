@@ -220,11 +220,12 @@ def for_scale(scale: str) -> LURMConfig:
         config.smen = dataclasses.replace(config.smen, hidden=128, anchors=10)
         config.user_training = dataclasses.replace(config.user_training, batch_size=256, epochs=6)
         config.downstream = dataclasses.replace(config.downstream, doc2vec_dim=64, doc2vec_epochs=5)
-        # Ablations on 2 CPU cores, measured on synthetic default (D = 1000, ~4,900 trainable
-        # users, whole-life fixed-interval timelines): one epoch costs 52 s for a month + year
-        # SMEN (M = 10, H = 128), 61 s monthly only, 11 s yearly only, 12 s for 1anchor-128 and
-        # 841 s for 1anchor-1280 (a GRU of H = 1280 does 10x the arithmetic of ten H = 128
-        # anchors). So 1anchor-MH is left out (an hour per variant; -p VARIANTS adds it), and
+        # Ablations on 2 CPU cores, measured on synthetic default (~4,900 trainable users,
+        # fixed-interval timelines, disjoint views, the packed GRU): two epochs cost 56 s for a
+        # month + year SMEN (M = 10, H = 128, D = 100 or 300), 50 s monthly only, 11 s yearly
+        # only, 6.5 s for 1anchor-128; 1anchor-1280 took 841 s an epoch with the earlier views
+        # and GRU (a GRU of H = 1280 does 10x the arithmetic of ten H = 128 anchors). So
+        # 1anchor-MH is left out (16x the epoch time of LURM then; -p VARIANTS adds it), and
         # every variant and its equal-budget LURM reference train 2 epochs: notebook 04's
         # learning curve on that data (quality seed 0) has age AUC 82.4 after 2 epochs and 84.5
         # after 6, a rise shared by every variant of the same budget.
