@@ -271,7 +271,9 @@ def train_probe(X_fit: Features, y_fit: np.ndarray, X_val: Features, y_val: np.n
     with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
         torch.manual_seed(seed)
         probe = MLPProbe(X_fit.shape[1], n_classes, config.hidden, input_offset).to(device)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr)
+    # fused: Adam's update in one kernel per parameter; on one CPU thread a probe step took
+    # 3.4 ms with the per-operation Adam and 2.8 ms fused (batch 128, 1280 -> 64 -> 2)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
     shuffle = torch.Generator().manual_seed(seed)
     y_fit_t, y_val_t = torch.from_numpy(y_fit).to(device), torch.from_numpy(y_val)
 
