@@ -18,7 +18,7 @@ helpers here measure it more directly, and give the yardsticks to read the numbe
 - :func:`signal_by_stage`: where a label's signal goes inside SMEN: a linear probe on
   b_T and on each stage's output (per-period multi-anchor r of eq. 5 averaged over time,
   GRU states r~ of §2.2.2, R^ of eq. 7), for trained and untrained weights.
-- :func:`epoch_probe`: a callback for ``train_smen(..., on_epoch_end=...)`` that records,
+- :class:`EpochProbe`: a callback for ``train_smen(..., on_epoch_end=...)`` that records,
   after every epoch, the downstream AUC of a few tasks (§3.2-3.4 probe) and the view
   retrieval: learning curves against training steps.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -321,59 +321,73 @@ def _global_rngs_kept() -> Iterator[None]:
         io.set_rng_states(states)
 
 
-def epoch_probe(boi: Mapping[str, BoISequences], user_ids: np.ndarray, dataset, downstream_config: DownstreamConfig,
-                tasks: Sequence[str], seed: int, device: torch.device | str | None = "cpu",
-                retrieval_users: np.ndarray | None = None, train_config: UserTrainingConfig | None = None,
-                retrieval_n_users: int = 1000) -> Callable[[int, Any], dict]:
+class EpochProbe:
     """A ``train_smen(..., on_epoch_end=...)`` callback: downstream AUC (and retrieval) per epoch.
 
     After each epoch the callback encodes ``user_ids`` with the current model
-    (``encode_users``, R^ over the whole life, on ``device``: the training device) and runs the §3.2-3.4 probe
-    (``downstream.evaluate``, on the CPU, split and probe seeded by ``seed``, the same every
-    epoch so the curve follows the representation only) on the named ``tasks`` of
-    ``dataset``; keep it to one or two tasks, it runs every epoch. The probe's bootstrap is
-    cut to one resample: only the AUC is reported. With ``retrieval_users`` (and
-    ``train_config``, the sampler's settings) it adds :func:`view_retrieval_top1` on up to
-    ``retrieval_n_users`` of them: pass users held out of training to measure generalisation.
+    (``encode_users``, R^ over the whole life, on ``device``: the training device,
+    ``encode_batch_size`` users at a time) and runs the §3.2-3.4 probe (``downstream.evaluate``,
+    on the CPU, split and probe seeded by ``seed``, the same every epoch so the curve follows
+    the representation only) on the named ``tasks`` of ``dataset``; keep it to one or two
+    tasks, it runs every epoch. The probe's bootstrap is cut to one resample: only the AUC is
+    reported. With ``retrieval_users`` (and ``train_config``, the sampler's settings) it adds
+    :func:`view_retrieval_top1` on up to ``retrieval_n_users`` of them: pass users held out
+    of training to measure generalisation.
 
     The labels are computed once, here. Every random draw is seeded explicitly, and the
     global Python, numpy and torch RNG states are restored after each call, so a training
     run with the probe follows the same path as one without, and a resumed run matches an
     uninterrupted one.
 
-    Returns ``callback(epoch, model) -> {"auc": {task: auc}, "retrieval_top1": float (if asked),
+    Calling it returns ``{"auc": {task: auc}, "retrieval_top1": float (if asked),
     "probe_seconds": float}``; ``train_smen`` stores it in ``history["eval"]`` with the epoch
-    and step (see :func:`learning_curve_frame`).
+    and step (see :func:`learning_curve_frame`). The last epoch's encoding is kept
+    (:meth:`encoding_after`): it is the trained model's R^ of ``user_ids``, which notebook 04
+    would otherwise compute again (13.6 s on the demo run).
     """
 
-    if retrieval_users is not None and train_config is None:
-        raise ValueError("retrieval_users needs train_config (the sampler's settings of the views)")
-    by_name = {task["name"]: task for task in dataset.tasks}
-    unknown = [t for t in tasks if t not in by_name]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; the dataset has {sorted(by_name)}")
-    labels = {t: downstream.task_labels(dataset, by_name[t]) for t in tasks}
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    config = dataclasses.replace(downstream_config, bootstrap=1)
-    boi = dict(boi)
+    def __init__(self, boi: Mapping[str, BoISequences], user_ids: np.ndarray, dataset,
+                 downstream_config: DownstreamConfig, tasks: Sequence[str], seed: int,
+                 device: torch.device | str | None = "cpu", retrieval_users: np.ndarray | None = None,
+                 train_config: UserTrainingConfig | None = None, retrieval_n_users: int = 1000,
+                 encode_batch_size: int = 512):
+        if retrieval_users is not None and train_config is None:
+            raise ValueError("retrieval_users needs train_config (the sampler's settings of the views)")
+        by_name = {task["name"]: task for task in dataset.tasks}
+        unknown = [t for t in tasks if t not in by_name]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; the dataset has {sorted(by_name)}")
+        self.labels = {t: downstream.task_labels(dataset, by_name[t]) for t in tasks}
+        self.user_ids = np.asarray(user_ids, dtype=np.int64)
+        self.config = dataclasses.replace(downstream_config, bootstrap=1)
+        self.boi, self.dataset, self.seed, self.device = dict(boi), dataset, seed, device
+        self.retrieval_users, self.train_config, self.retrieval_n_users = retrieval_users, train_config, retrieval_n_users
+        self.encode_batch_size = encode_batch_size
+        self._latest: tuple[int, np.ndarray] | None = None  # (epochs trained, (n, M*H) R^)
 
-    def callback(epoch: int, model) -> dict:
+    def __call__(self, epoch: int, model) -> dict:
         start = time.perf_counter()
         with _global_rngs_kept():
-            reps = encode_users(model, boi, user_ids, device)  # (n, M*H)
-            metrics = downstream.evaluate(reps, user_ids, dataset, config, seed, device="cpu", labels=labels)
+            reps = encode_users(model, self.boi, self.user_ids, self.device, batch_size=self.encode_batch_size)  # (n, M*H)
+            self._latest = (epoch + 1, reps)
+            metrics = downstream.evaluate(reps, self.user_ids, self.dataset, self.config, self.seed, device="cpu",
+                                          labels=self.labels)
             out: dict[str, Any] = {"auc": {t: float(m["auc"]) for t, m in metrics.items()}}
-            if retrieval_users is not None:
-                out["retrieval_top1"] = view_retrieval_top1(model, boi, retrieval_users, train_config, seed,
-                                                            device, retrieval_n_users)
+            if self.retrieval_users is not None:
+                out["retrieval_top1"] = view_retrieval_top1(model, self.boi, self.retrieval_users, self.train_config,
+                                                            self.seed, self.device, self.retrieval_n_users)
         out["probe_seconds"] = round(time.perf_counter() - start, 2)
         return out
 
-    return callback
+    def encoding_after(self, epochs: int) -> np.ndarray | None:
+        """(n, M*H) R^ of ``user_ids`` encoded after epoch ``epochs`` (1-based), if that was the
+        last call; None otherwise (e.g. a resumed run whose training had already finished)."""
+        return self._latest[1] if self._latest is not None and self._latest[0] == epochs else None
+
 
 
 def learning_curve_frame(history: Mapping[str, Any]) -> pd.DataFrame:
-    """``history["eval"]`` of ``train_smen`` with :func:`epoch_probe` -> one row per (epoch, metric).
+    """``history["eval"]`` of ``train_smen`` with :class:`EpochProbe` -> one row per (epoch, metric).
 
     Columns ``epoch``, ``step``, ``metric`` (``auc <task>`` or ``retrieval_top1``), ``value``;
     empty when there is no evaluation.

@@ -198,18 +198,21 @@ def tiny_boi(tiny_dataset):
 
 
 def test_epoch_probe_records_a_learning_curve_without_touching_the_training_path(tiny_boi):
-    from lurm_lite.user_training import train_smen
+    from lurm_lite.user_training import encode_users, train_smen
 
     dataset, boi = tiny_boi
     smen_config = SMENConfig(hidden=8, anchors=2)
     train_config = UserTrainingConfig(batch_size=100, epochs=2, min_subseq_periods=2, max_periods=6)
     probe_config = DownstreamConfig(max_epochs=5, patience=2)
     users = boi["month"].user_ids
-    probe = diagnostics.epoch_probe(boi, users, dataset, probe_config, ["age"], seed=0, device="cpu",
+    probe = diagnostics.EpochProbe(boi, users, dataset, probe_config, ["age"], seed=0, device="cpu",
                                     retrieval_users=users[::2], train_config=train_config)
     torch.manual_seed(123)
-    _, with_probe = train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False, on_epoch_end=probe)
+    model, with_probe = train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False, on_epoch_end=probe)
     after_probe = torch.rand(1)
+    # the last epoch's encoding is the trained model's R^ (notebook 04 saves it instead of encoding again)
+    np.testing.assert_array_equal(probe.encoding_after(2), encode_users(model, boi, users, "cpu"))
+    assert probe.encoding_after(1) is None
     torch.manual_seed(123)
     _, without = train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False)
     assert torch.equal(after_probe, torch.rand(1))  # the global torch RNG is where it would be
@@ -221,9 +224,9 @@ def test_epoch_probe_records_a_learning_curve_without_touching_the_training_path
     frame = diagnostics.learning_curve_frame(with_probe)
     assert set(frame["metric"]) == {"auc age", "retrieval_top1"} and len(frame) == 4
     with pytest.raises(ValueError, match="unknown task"):
-        diagnostics.epoch_probe(boi, users, dataset, probe_config, ["nope"], seed=0)
+        diagnostics.EpochProbe(boi, users, dataset, probe_config, ["nope"], seed=0)
     with pytest.raises(ValueError, match="train_config"):
-        diagnostics.epoch_probe(boi, users, dataset, probe_config, ["age"], seed=0, retrieval_users=users)
+        diagnostics.EpochProbe(boi, users, dataset, probe_config, ["age"], seed=0, retrieval_users=users)
 
 
 # ---------------------------------------------------------------------------------------
