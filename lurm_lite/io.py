@@ -15,6 +15,7 @@ that need it, so data_prep imports it without loading torch or the method.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -64,6 +65,18 @@ def current_umask() -> int:
     mask = os.umask(0o022)  # elsewhere: set and restore, the only portable way to read it
     os.umask(mask)
     return mask
+
+
+def update_digest(digest: "hashlib._Hash", *arrays: np.ndarray) -> None:
+    """Feed the dtype and every byte of each array to ``digest`` (e.g. ``hashlib.sha256()``).
+
+    All bytes are hashed, not a sample (about 1 GB/s): a sample could miss a changed value.
+    Shapes are not fed: the caller adds what tells arrays of equal bytes apart.
+    """
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(str(array.dtype).encode())
+        digest.update(memoryview(array).cast("B"))
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -295,6 +295,25 @@ def test_table5_variants_train_then_load_from_the_cache(tmp_path):
     assert set(metrics) == {"parity"} and 0 <= metrics["parity"]["auc"] <= 1 and "probe LURM(yearly)" in ab.timing
 
 
+def test_ablation_probes_an_equal_representation_once(tmp_path, monkeypatch):
+    ab, _ = _ablation(tmp_path)
+    calls = []
+    real = analysis.evaluate_representation
+    monkeypatch.setattr(analysis, "evaluate_representation", lambda X, *a: calls.append(X) or real(X, *a))
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((len(ab.user_ids), 3)).astype(np.float32)
+    first = ab.evaluate("a", X)
+    first["parity"]["auc"] = -1.0  # the caller's copy: the stored metrics stay as probed
+    again = ab.evaluate("b", X.copy())
+    assert len(calls) == 1 and again["parity"]["auc"] != -1.0 and "probe b" not in ab.timing
+    assert again == real(X, ab.user_ids, None, ab.downstream_config, ab.seed, ab.labels)
+    ab.evaluate("c", X + np.float32(1e-3))  # any other value is probed
+    sparse = sp.random(len(ab.user_ids), 5, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    ab.evaluate("d", sparse)
+    ab.evaluate("e", sp.coo_matrix(sparse))  # the same values in another sparse format
+    assert len(calls) == 3 and "probe c" in ab.timing and "probe e" not in ab.timing
+
+
 def test_sweep_values_keep_items_per_interest_only_for_presets():
     assert analysis.sweep_values([100, 300, 1000, 3000, 1], run_d=1000, n_items=16_000, user_set=False) == [100, 300, 1000]
     assert analysis.sweep_values([3000, 300, 300], run_d=1000, n_items=16_000, user_set=True) == [300, 3000]
