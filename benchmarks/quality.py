@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 
 from data_prep.schema import load_dataset  # noqa: E402
 from lurm_lite import analysis, diagnostics, io  # noqa: E402
-from lurm_lite.baselines import rows_of  # noqa: E402
 from lurm_lite.boi import load_boi  # noqa: E402
 from lurm_lite.chain import run_chain  # noqa: E402
 from lurm_lite.config import for_scale  # noqa: E402
@@ -53,7 +52,7 @@ from lurm_lite.io import load_json, save_json  # noqa: E402
 from lurm_lite.results import load_results  # noqa: E402
 from lurm_lite.runs import RunPaths  # noqa: E402
 from lurm_lite.smen import SMEN, load_smen  # noqa: E402
-from lurm_lite.user_training import encode_users, load_user_reps  # noqa: E402
+from lurm_lite.user_training import encode_users, user_reps_of  # noqa: E402
 
 STAGES = ["01", "02", "03", "04", "05"]
 ONE_ANCHOR = "LURM(1anchor-128)"
@@ -177,8 +176,7 @@ def run_seed(seed: int, scale: str, work_dir: Path, device: str, log=print) -> d
         return value
 
     # the representations
-    rep_users, lurm_reps = load_user_reps(run.user_reps)
-    reps = {"LURM": lurm_reps[rows_of(rep_users, user_ids)]}
+    reps = {"LURM": user_reps_of(run.user_reps, user_ids)}
     one_anchor = dataclasses.replace(config.smen, anchors=1, hidden=128)
     reps[ONE_ANCHOR], info = timed("train " + ONE_ANCHOR, lambda: analysis.train_variant(
         {g: boi[g] for g in one_anchor.scales}, one_anchor, config.user_training, user_ids, compute, seed,
@@ -196,7 +194,7 @@ def run_seed(seed: int, scale: str, work_dir: Path, device: str, log=print) -> d
            for task, per_method in results["tasks"].items()}
     for method in (ONE_ANCHOR, RANDOM_PROJ):
         evaluated = timed("probe " + method, lambda: analysis.evaluate_representation(
-            reps[method], user_ids, dataset, config.downstream, seed, labels))
+            reps[method], user_ids, dataset, config.downstream, seed, labels, run.probes))
         for task, m in evaluated.items():
             auc.setdefault(task, {})[method] = m["auc"]
 

@@ -22,9 +22,7 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -103,16 +101,18 @@ def rfm_in_window(history: pd.DataFrame, user_ids: np.ndarray, history_end_ts: i
 
 
 def evaluate_representation(X, user_ids: np.ndarray, dataset, config: DownstreamConfig, seed: int,
-                            labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
-                            ) -> dict[str, dict[str, Any]]:
+                            labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                            cache_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """Every task of ``dataset`` on the representation X, with notebook 05's split and probe.
 
     A thin wrapper of :func:`lurm_lite.downstream.evaluate` (same ``seed`` -> the same
     stratified 80/20 split per task, the same MLP probe, the probe on the CPU), so the
     numbers of notebooks 06-08 are comparable with ``results.json``. Pass ``labels`` (from
-    ``downstream.all_task_labels``) when evaluating many representations.
+    ``downstream.all_task_labels``) when evaluating many representations, and the run
+    folder's ``probes/`` as ``cache_dir`` to read back what an earlier notebook probed.
     """
-    return downstream.evaluate(X, np.asarray(user_ids), dataset, config, seed, device="cpu", labels=labels)
+    return downstream.evaluate(X, np.asarray(user_ids), dataset, config, seed, device="cpu", labels=labels,
+                               cache_dir=cache_dir)
 
 
 
@@ -347,9 +347,10 @@ class Ablation:
     cache_dir: Path | None  # the run folder's ablations/ (None: nothing cached)
     log: Callable[[str], None] | None = print
     timing: dict[str, float] = field(default_factory=dict)
-    # representation_digest(X) -> metrics: the same X probed again (the run's b_T is Table 5's BoI
-    # row, Fig. 4's BoI at the run's D and the hard-assignment BoI) is probed once
-    probed: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # the run folder's probes/ (downstream.evaluate's cache_dir): the same X probed again (the run's
+    # b_T is Table 5's BoI row, Fig. 4's BoI at the run's D, the hard-assignment BoI and notebook 05's
+    # BoI row) is read back, not probed again; None: nothing kept
+    probe_cache: Path | None = None
 
     @property
     def reference(self) -> str:
@@ -366,17 +367,10 @@ class Ablation:
             self.timing[name] = round(time.perf_counter() - start, 1)
 
     def evaluate(self, name: str, X) -> dict[str, dict[str, Any]]:
-        """``{task: metrics}`` of X (n_users, d) by :func:`evaluate_representation`, timed as ``probe <name>``.
-
-        The probe is seeded, so an X already probed (equal in every byte) gets its stored
-        metrics (a copy) instead of a second, identical probe.
-        """
-        key = representation_digest(X)
-        if key not in self.probed:
-            with self.timed(f"probe {name}"):
-                self.probed[key] = evaluate_representation(X, self.user_ids, None, self.downstream_config, self.seed,
-                                                           self.labels)
-        return copy.deepcopy(self.probed[key])
+        """``{task: metrics}`` of X (n_users, d) by :func:`evaluate_representation`, timed as ``probe <name>``."""
+        with self.timed(f"probe {name}"):
+            return evaluate_representation(X, self.user_ids, None, self.downstream_config, self.seed, self.labels,
+                                           self.probe_cache)
 
     def boi_row(self, name: str, assignment: np.ndarray | sp.spmatrix, n_interests: int) -> dict[str, dict[str, Any]]:
         """Metrics of the raw whole-life b_T (eq. 4, Table 5's BoI row) under ``assignment``."""
@@ -401,18 +395,6 @@ class Ablation:
                      f"{info['loss_last_epoch']:.3f}, {info['train_seconds']} s{' (cached)' if info['cached'] else ''}"
                      + (f" (notebook 04's {info['shared']})" if "shared" in info else ""))
         return reps, info
-
-
-def representation_digest(X: np.ndarray | sp.spmatrix) -> str:
-    """SHA-256 of a representation matrix's values: dense (n, d), or sparse in canonical CSR form."""
-    digest = hashlib.sha256(f"{'sparse' if sp.issparse(X) else 'dense'}{X.shape}".encode())
-    if sp.issparse(X):
-        X = X.tocsr(copy=True)  # canonical order below without touching the caller's matrix
-        X.sum_duplicates()
-        io.update_digest(digest, X.indptr.astype(np.int64), X.indices.astype(np.int64), X.data)
-    else:
-        io.update_digest(digest, np.asarray(X))
-    return digest.hexdigest()
 
 
 @dataclass
@@ -923,10 +905,13 @@ def ablation_findings(stage: Mapping[str, Any]) -> str:
         stages = dict(chain)
         fall = stages["b_T"] - stages["R^"]  # from the input to the representation (eq. 7)
         per_period = stages["b_T"] - max(v for k, v in chain if k.startswith("r "))  # best r <scale>, eq. (5)
+        inputs = [v for k, v in chain if k.startswith("mean b_t ")]  # the per-period inputs of eq. (4), averaged
+        in_inputs = (f" ({100 * (stages['b_T'] - max(inputs)):.1f} already in the per-period inputs b_t of eq. (4) "
+                     f"averaged, the best scale's)" if inputs else "")
         lines.append(f"- **Where the {task} signal goes** (linear probe): " + ", ".join(f"{k} {v:.3f}" for k, v in chain)
                      + (f"; of the fall from b_T to R^ ({100 * fall:.1f} points), {100 * per_period:.1f} are there "
-                        f"already in the per-period outputs r (eq. 5), before any time aggregation." if fall > 0
-                        else f"; {_versus('R^', stages['R^'], 'b_T', stages['b_T'])}: nothing is lost."))
+                        f"already in the per-period outputs r (eq. 5), before any time aggregation{in_inputs}."
+                        if fall > 0 else f"; {_versus('R^', stages['R^'], 'b_T', stages['b_T'])}: nothing is lost."))
     return "\n".join(lines)
 
 

@@ -274,7 +274,8 @@ def _record_timings(run: RunPaths, stages: dict[str, Any]) -> None:
 # Stage stamps: what a stage read and wrote
 # ---------------------------------------------------------------------------------------
 
-CHAIN_FILES = (RunPaths(".").notebooks.name, RunPaths(".").chain_log.name)  # the runner's own files, never a stage's output
+# the runner's own files and the probe cache: never a stage's output
+CHAIN_FILES = (RunPaths(".").notebooks.name, RunPaths(".").chain_log.name, RunPaths(".").probes.name)
 
 
 def _stamp_path(run: RunPaths, stem: str) -> Path:

@@ -114,15 +114,18 @@ def boi_survival_r2(reps: np.ndarray, boi_T: sp.spmatrix, seed: int, n_component
 # ---------------------------------------------------------------------------------------
 
 
-def summed_boi(boi_month: BoISequences, user_ids: np.ndarray) -> sp.csr_matrix:
-    """Sum of each user's b_t rows: (n, D) CSR float64 in ``user_ids`` order; absent users get a zero row."""
+def summed_boi(seqs: BoISequences, user_ids: np.ndarray, mean: bool = False) -> sp.csr_matrix:
+    """Sum of each user's b_t rows (eq. 4, one granularity), or with ``mean`` their mean over
+    the user's non-empty periods: (n, D) CSR float64 in ``user_ids`` order; absent users get a zero row."""
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    n_boi, n_rows = boi_month.n_users, boi_month.matrix.shape[0]
-    row_owner = np.repeat(np.arange(n_boi), np.diff(boi_month.user_ptr))  # (n_rows,)
-    owner = sp.csr_matrix((np.ones(n_rows), (row_owner, np.arange(n_rows))), shape=(n_boi, n_rows))
-    per_user = owner @ sp.csr_matrix(boi_month.matrix, dtype=np.float64)  # (n_boi, D)
-    pos = np.minimum(np.searchsorted(boi_month.user_ids, user_ids), max(n_boi - 1, 0))  # (n,)
-    found = (boi_month.user_ids[pos] == user_ids) if n_boi else np.zeros(len(user_ids), bool)
+    n_boi, n_rows = seqs.n_users, seqs.matrix.shape[0]
+    rows_per_user = np.diff(seqs.user_ptr)  # (n_boi,)
+    row_owner = np.repeat(np.arange(n_boi), rows_per_user)  # (n_rows,)
+    weight = 1.0 / np.maximum(rows_per_user[row_owner], 1) if mean else np.ones(n_rows)  # (n_rows,)
+    owner = sp.csr_matrix((weight, (row_owner, np.arange(n_rows))), shape=(n_boi, n_rows))
+    per_user = owner @ sp.csr_matrix(seqs.matrix, dtype=np.float64)  # (n_boi, D)
+    pos = np.minimum(np.searchsorted(seqs.user_ids, user_ids), max(n_boi - 1, 0))  # (n,)
+    found = (seqs.user_ids[pos] == user_ids) if n_boi else np.zeros(len(user_ids), bool)
     pick = sp.csr_matrix((np.ones(int(found.sum())), (np.flatnonzero(found), pos[found])),
                          shape=(len(user_ids), n_boi))  # (n, n_boi) one 1 per present user
     return sp.csr_matrix(pick @ per_user)  # (n, D)
@@ -223,6 +226,13 @@ def signal_by_stage(models: Mapping[str, Any], boi: Mapping[str, BoISequences], 
     ``downstream.side_by_side``). Pass the trained model and the same architecture with its initial weights
     to separate what the architecture loses from what training loses or adds.
 
+    Beside b_T, the input rows hold ``mean b_t <scale>``: the user's per-period b_t of eq. (4)
+    at each scale the models read (when ``boi`` has it), averaged over the non-empty periods
+    (:func:`summed_boi` with ``mean``), as ``r <scale>`` averages eq. (5)'s outputs over them.
+    What b_T holds and this mean does not is lost to the per-period features themselves,
+    before any weight: e.g. log(1 + a whole-life count) is no function of the monthly
+    log(1 + count) rows averaged.
+
     Args:
         models: ``{name: SMEN}``, each on ``device``.
         boi: ``{scale: BoISequences}`` the models encode (only the finest scale is read).
@@ -233,7 +243,7 @@ def signal_by_stage(models: Mapping[str, Any], boi: Mapping[str, BoISequences], 
 
     Returns:
         One row per (model, stage, task): columns ``model``, ``stage``, ``task``, ``auc``; the
-        input b_T comes first with model ``"input"``, stage ``"b_T"``.
+        input comes first with model ``"input"``: stage ``"b_T"``, then ``"mean b_t <scale>"``.
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
     row_of = pd.Index(user_ids)
@@ -244,6 +254,10 @@ def signal_by_stage(models: Mapping[str, Any], boi: Mapping[str, BoISequences], 
             raise ValueError(f"task {task}: user {np.asarray(task_users)[rows < 0][0]} is not in user_ids")
         task_rows[task] = (rows, np.asarray(y))
     jobs = {("input", "b_T", task): (boi_T[rows], y, seed) for task, (rows, y) in task_rows.items()}
+    for scale in dict.fromkeys(s for model in models.values() for s in model.scales if s in boi):
+        per_period = summed_boi(boi[scale], user_ids, mean=True)  # (n, D) mean of the user's b_t rows
+        jobs.update({("input", f"mean b_t {scale}", task): (per_period[rows], y, seed)
+                     for task, (rows, y) in task_rows.items()})
     for name, model in models.items():
         for stage, X in encode_stages(model, dict(boi), user_ids, device).items():  # each (n, M*H)
             jobs.update({(name, stage, task): (X[rows], y, seed) for task, (rows, y) in task_rows.items()})

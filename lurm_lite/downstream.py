@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
+import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -33,6 +37,7 @@ import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -47,6 +52,7 @@ from torch.nn import functional as F
 
 from data_prep import schema
 from data_prep.schema import Dataset
+from lurm_lite import io
 from lurm_lite.config import DownstreamConfig
 
 Features = np.ndarray | sp.spmatrix  # (n_users, d) dense, or sparse CSR (TF-IDF, raw BoI)
@@ -497,11 +503,76 @@ def side_by_side(function: Callable[..., Any], jobs: Mapping[str, tuple], worker
                            "to train and probe in this process") from error
 
 
+# ---------------------------------------------------------------------------------------
+# Probe results kept on disk: a representation probed again is read back
+# ---------------------------------------------------------------------------------------
+
+
+def features_digest(X: Features) -> str:
+    """SHA-256 of a representation matrix's values: dense (n, d), or sparse in canonical CSR form
+    (the same values in COO or CSR with unsorted indices give the same digest)."""
+    digest = hashlib.sha256(f"{'sparse' if sp.issparse(X) else 'dense'}{X.shape}".encode())
+    if sp.issparse(X):
+        X = X.tocsr(copy=True)  # canonical order below without touching the caller's matrix
+        X.sum_duplicates()
+        io.update_digest(digest, X.indptr.astype(np.int64), X.indices.astype(np.int64), X.data)
+    else:
+        io.update_digest(digest, np.asarray(X))
+    return digest.hexdigest()
+
+
+@functools.cache
+def _probe_code_version() -> str:
+    """What else decides :func:`evaluate_task`'s result: this module's source and the libraries' versions."""
+    import scipy
+    import sklearn
+
+    versions = f"torch {torch.__version__} numpy {np.__version__} scipy {scipy.__version__} sklearn {sklearn.__version__}"
+    return hashlib.sha256(Path(__file__).read_bytes() + versions.encode()).hexdigest()
+
+
+def probe_key(X: Features, y: np.ndarray, config: DownstreamConfig, seed: int, device: str | torch.device) -> str:
+    """The name a probe result is kept under: a digest of everything :func:`evaluate_task` is given.
+
+    X's and y's values, every setting of ``config`` but ``workers`` (the result is the same to
+    the bit however many processes probe, see :func:`probe_workers`), the seed, the device
+    type, and the probe's code and library versions; so a key that matches is the result the
+    probe would compute again (the probe is seeded and deterministic).
+    """
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"}
+    digest = hashlib.sha256(json.dumps([features_digest(X), settings, int(seed), torch.device(device).type,
+                                        _probe_code_version()], sort_keys=True).encode())
+    io.update_digest(digest, np.asarray(y))
+    return digest.hexdigest()
+
+
+def _kept_result(path: Path) -> dict[str, Any] | None:
+    """A probe result written by :func:`_evaluate_tasks`, or None when missing or unreadable."""
+    try:
+        metrics = io.load_json(path)
+    except (OSError, ValueError):  # missing, or not JSON (a file written by something else)
+        return None
+    return metrics if isinstance(metrics, dict) and {"auc", "acc", "auc_ci95", "n_test"} <= set(metrics) else None
+
+
 def _evaluate_tasks(jobs: Mapping[str, tuple[Features, np.ndarray]], config: DownstreamConfig, seed: int,
-                    device: str | torch.device) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate_task` of every ``{task: (X, y)}``, side by side when the cores allow."""
-    return side_by_side(evaluate_task, {task: (X, y, config, seed, device) for task, (X, y) in jobs.items()},
-                        probe_workers(config, device, len(jobs)))
+                    device: str | torch.device, cache_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_task` of every ``{task: (X, y)}``, side by side when the cores allow.
+
+    With ``cache_dir``, each task's result is kept there as ``<probe_key>.json`` (written
+    atomically) and read back instead of probing again when the same X, y, settings and
+    seed come back: notebook 06's whole-life window and notebook 08's BoI and LURM rows are
+    notebook 05's, and a killed notebook resumes without redoing the probes it finished.
+    """
+    paths = {task: Path(cache_dir) / f"{probe_key(X, y, config, seed, device)}.json"
+             for task, (X, y) in jobs.items()} if cache_dir is not None else {}
+    kept = {task: result for task, path in paths.items() if (result := _kept_result(path)) is not None}
+    todo = {task: (X, y, config, seed, device) for task, (X, y) in jobs.items() if task not in kept}
+    probed = side_by_side(evaluate_task, todo, probe_workers(config, device, len(todo)))
+    for task, metrics in probed.items():
+        if task in paths:
+            io.save_json(paths[task], metrics)
+    return {task: kept[task] if task in kept else probed[task] for task in jobs}
 
 
 def all_task_labels(dataset: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -511,7 +582,8 @@ def all_task_labels(dataset: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: DownstreamConfig | None = None, seed: int = 0,
              device: str | torch.device = "cpu",
-             labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
+             labels: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+             cache_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate one representation on every downstream task (§3.2-3.5).
 
     Args:
@@ -521,6 +593,8 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
         dataset: the dataset whose ``tasks`` are evaluated.
         labels: ``all_task_labels(dataset)`` when already computed (it is the same for
             every method).
+        cache_dir: where each task's result is kept and read back when the same
+            representation is probed again (a run folder's ``probes/``; None: nothing kept).
 
     The tasks are probed side by side, one process per CPU core (:func:`probe_workers`).
 
@@ -547,5 +621,5 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
             raise ValueError(f"Task {task!r}: {(rows < 0).sum()} labelled users have no row in X, "
                              f"e.g. user {task_users[rows < 0][0]}.")
         jobs[task] = (X[rows], y)
-    results.update(_evaluate_tasks(jobs, config, seed, device))
+    results.update(_evaluate_tasks(jobs, config, seed, device, cache_dir))
     return results

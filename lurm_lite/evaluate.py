@@ -35,7 +35,7 @@ from lurm_lite.competitors import pretraining, ptum, sequences, sumn, supervised
 from lurm_lite.config import CompetitorConfig, DownstreamConfig, for_scale
 from lurm_lite.runs import MissingPrerequisite, RunPaths
 from lurm_lite.smen import load_smen
-from lurm_lite.user_training import load_user_reps
+from lurm_lite.user_training import user_reps_of
 
 # Rows of the results table, in the paper's order (Table 2: TF-IDF, Doc2Vec, TextCNN, HAN, PTUM,
 # SUMN, then LURM's rows). RFM (not in the paper) is the activity-only floor: a task it answers
@@ -104,12 +104,7 @@ def _lurm_2m(inputs: _Inputs) -> np.ndarray:
 def _lurm(inputs: _Inputs) -> np.ndarray:
     run, user_ids = inputs.run, inputs.user_ids
     run.require(run.user_reps, notebook="04_smen")
-    rep_user_ids, reps = load_user_reps(run.user_reps)
-    rows = baselines.rows_of(rep_user_ids, user_ids)
-    if (rows < 0).any():
-        raise MissingPrerequisite(f"{run.user_reps} lacks {(rows < 0).sum()} users with history, e.g. user "
-                                  f"{user_ids[rows < 0][0]}; rerun notebooks/04_smen.ipynb on this dataset.")
-    return reps[rows]
+    return user_reps_of(run.user_reps, user_ids)
 
 
 # PTUM and SUMN: pre-trained by their own loss, then encoded, saved and loaded alike
@@ -162,7 +157,9 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence
             ``item_interest.npy`` and ``centroids.npy`` (BoI), ``smen.pt`` and
             ``boi_<scale>.npz`` (LURM(2M)), ``user_reps.npz`` (LURM), ``text.json`` (TextCNN,
             HAN, PTUM, SUMN; PTUM and SUMN write ``ptum.pt`` / ``sumn.pt`` and their
-            checkpoints there). TF-IDF, Doc2Vec and RFM need only the dataset.
+            checkpoints there). TF-IDF, Doc2Vec and RFM need only the dataset. The probe
+            results are kept in its ``probes/`` (``downstream.evaluate``'s ``cache_dir``), where
+            notebooks 06 and 08 find those of the representations they probe again.
         dataset_dir: the dataset contract folder.
         methods: names from :data:`METHODS` (None: all).
         config: probe and baseline settings (None: ``DownstreamConfig()``).
@@ -200,7 +197,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, methods: Sequence
             else:
                 X = REPRESENTATIONS[method](inputs)
                 per_method[method] = downstream.evaluate(X, inputs.user_ids, dataset, config, seed, device="cpu",
-                                                         labels=labels)
+                                                         labels=labels, cache_dir=run.probes)
                 size = f"{X.shape[1]} dims"
         except MissingPrerequisite as missing:
             warnings.warn(f"Skipping method {method}: {missing}", stacklevel=2)

@@ -58,6 +58,9 @@ class RunPaths:
     - 05_downstream and later: ``results.json`` and per-notebook ``NN_*.json``; 05 pre-trains the
       self-supervised competitors once: ``ptum.pt``, ``sumn.pt`` (and ``<name>_ckpt.pt``); 08 caches its
       retrained variants in ``ablations/``, 09 writes Spark's part files in ``spark/``
+    - ``probes/``: downstream probe results, one JSON per (representation, task, settings)
+      (``downstream.evaluate(cache_dir=...)``), read back by later notebooks that probe the same
+      representation; a cache, never a stage's output: deleting it only costs time
 
     The chain's own files: ``notebooks/`` (executed copies and stamps), ``chain.json`` (stage times).
     """
@@ -83,6 +86,10 @@ class RunPaths:
     @property
     def ablations(self) -> Path:
         return self.root / "ablations"
+
+    @property
+    def probes(self) -> Path:
+        return self.root / "probes"
 
     @property
     def spark(self) -> Path:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
@@ -60,6 +61,7 @@ from lurm_lite.boi import BoISequences
 from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
 from lurm_lite.periods import period_index, period_start_ts, window_start_ts
+from lurm_lite.runs import MissingPrerequisite
 from lurm_lite.smen import SMEN, ScaleBatch, collate_matrix, collate_rows, row_ranges, save_smen
 
 # ---------------------------------------------------------------------------------------
@@ -585,3 +587,19 @@ def load_user_reps(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(user_ids (n,) int64, reps (n, M*H) float32) written by ``save_user_reps``."""
     with np.load(path) as f:
         return f["user_ids"], f["reps"]
+
+
+def user_reps_of(path: str | Path, user_ids: np.ndarray) -> np.ndarray:
+    """The R^ saved in ``path`` (``save_user_reps``: notebook 04's ``user_reps.npz``) of
+    ``user_ids``, in that order: (n, M*H) float32.
+
+    Raises ``MissingPrerequisite`` naming the file and a user without a row (the saved
+    representations are of another dataset or an older run), never a silently wrong row.
+    """
+    saved_ids, reps = load_user_reps(path)
+    user_ids = np.asarray(user_ids)
+    rows = pd.Index(saved_ids).get_indexer(user_ids)
+    if (rows < 0).any():
+        raise MissingPrerequisite(f"{path} lacks {(rows < 0).sum()} users with history, e.g. user "
+                                  f"{user_ids[rows < 0][0]}; rerun notebooks/04_smen.ipynb on this dataset.")
+    return reps[rows]

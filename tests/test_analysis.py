@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from lurm_lite import analysis, results
+from lurm_lite import analysis, downstream, results
 from lurm_lite.boi import build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.smen import SMEN
@@ -295,23 +295,17 @@ def test_table5_variants_train_then_load_from_the_cache(tmp_path):
     assert set(metrics) == {"parity"} and 0 <= metrics["parity"]["auc"] <= 1 and "probe LURM(yearly)" in ab.timing
 
 
-def test_ablation_probes_an_equal_representation_once(tmp_path, monkeypatch):
+def test_ablation_reads_back_a_representation_probed_before(tmp_path, monkeypatch):
     ab, _ = _ablation(tmp_path)
+    ab.probe_cache = tmp_path / "probes"
     calls = []
-    real = analysis.evaluate_representation
-    monkeypatch.setattr(analysis, "evaluate_representation", lambda X, *a: calls.append(X) or real(X, *a))
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((len(ab.user_ids), 3)).astype(np.float32)
+    real = downstream.evaluate_task
+    monkeypatch.setattr(downstream, "evaluate_task", lambda *a: calls.append(1) or real(*a))
+    X = np.random.default_rng(1).standard_normal((len(ab.user_ids), 3)).astype(np.float32)
     first = ab.evaluate("a", X)
-    first["parity"]["auc"] = -1.0  # the caller's copy: the stored metrics stay as probed
-    again = ab.evaluate("b", X.copy())
-    assert len(calls) == 1 and again["parity"]["auc"] != -1.0 and "probe b" not in ab.timing
-    assert again == real(X, ab.user_ids, None, ab.downstream_config, ab.seed, ab.labels)
-    ab.evaluate("c", X + np.float32(1e-3))  # any other value is probed
-    sparse = sp.random(len(ab.user_ids), 5, density=0.3, format="csr", random_state=0, dtype=np.float32)
-    ab.evaluate("d", sparse)
-    ab.evaluate("e", sp.coo_matrix(sparse))  # the same values in another sparse format
-    assert len(calls) == 3 and "probe c" in ab.timing and "probe e" not in ab.timing
+    assert ab.evaluate("b", X.copy()) == first and len(calls) == 1  # one task, probed once
+    ab.evaluate("c", X + np.float32(1e-3))
+    assert len(calls) == 2 and len(list(ab.probe_cache.glob("*.json"))) == 2
 
 
 def test_sweep_values_keep_items_per_interest_only_for_presets():
@@ -450,7 +444,14 @@ def test_ablation_findings_state_inequalities_and_flip_with_them():
     assert "LURM 0.666 > untrained 0.614" in text and "LURM 0.753 > untrained 0.631 (chance 0.0010)" in text
     assert "epoch 1 2.470 > epoch 3 1.410; still falling" in text
     assert ("b_T 0.913, r month 0.855, R^ 0.853; of the fall from b_T to R^ (6.0 points), 5.8 are there already in the "
-            "per-period outputs r") in text
+            "per-period outputs r (eq. 5), before any time aggregation.") in text
+    with_inputs = _ablation_stage(0.655)
+    with_inputs["signal_by_stage"][1:1] = [{"model": "input", "stage": "mean b_t month", "task": "age", "auc": 0.86},
+                                           {"model": "input", "stage": "mean b_t year", "task": "age", "auc": 0.893}]
+    assert ("b_T 0.913, mean b_t month 0.860, mean b_t year 0.893, r month 0.855, R^ 0.853; of the fall from b_T to "
+            "R^ (6.0 points), 5.8 are there already in the per-period outputs r (eq. 5), before any time aggregation "
+            "(2.0 already in the per-period inputs b_t of eq. (4) averaged, the best scale's).") in (
+        analysis.ablation_findings(with_inputs))
     assert "untrained" not in text.split("Where the age")[1]  # the stage chain is the trained model's
     flipped = analysis.ablation_findings(_ablation_stage(one_anchor_age=0.9))
     assert "below LURM(2ep) on 1 of 2 tasks, so one anchor does not lose on most" in flipped

@@ -39,6 +39,8 @@ FAKE_CHAIN = {
                 'from lurm_lite.config import for_scale, with_overrides\n'
                 'train = with_overrides(for_scale(SCALE).user_training, epochs=EPOCHS)\n'
                 'write("model.json", {"interests": read("interests.json"), "epochs": train.epochs})\n'
+                'pathlib.Path(RUN_DIR, "probes").mkdir(exist_ok=True)\n'
+                'write("probes/kept.json", {})  # a cache (downstream.evaluate), never an output\n'
                 'write("04_smen.json", {})'),
 }
 HELPERS = ('import json, pathlib\n'
@@ -93,6 +95,13 @@ def test_a_stage_reruns_alone_when_an_earlier_stage_changed_its_outputs(fake):
     assert "KMEANS_ITERATIONS 5 -> None" in reasons["03_interests"]
     assert reasons["01_data"] == reasons["02_items"] == "skipped" and "03_interests" in reasons["04_smen"]
     assert io.load_json(run.root / "model.json")["interests"] == 3
+
+
+def test_the_probe_cache_is_no_stages_output(fake):
+    assert _run(fake) == ALL_RAN
+    assert set(io.load_json(fake[2] / "notebooks" / "04_smen.stamp.json")["outputs"]) == {"model.json", "04_smen.json"}
+    shutil.rmtree(fake[2] / "probes")  # deleting the cache costs time, never a rerun
+    assert _run(fake) == ALL_SKIPPED
 
 
 def test_a_failed_stage_leaves_no_stamp_and_runs_again_next_time(fake):

@@ -140,6 +140,19 @@ def test_random_projection_is_the_summed_rows_times_a_fixed_gaussian_matrix(iden
     assert not np.allclose(got[0], diagnostics.random_projection_features(month, user_ids, dim, seed + 1)[0])
 
 
+def test_summed_boi_sums_or_averages_each_users_rows(identity_boi):
+    year = identity_boi["year"]
+    user_ids = np.array([1003, 999, 1000, 1003])  # 999 is absent; 1003 twice
+    summed = diagnostics.summed_boi(year, user_ids).toarray()
+    mean = diagnostics.summed_boi(year, user_ids, mean=True).toarray()
+    for row, uid in enumerate(user_ids):
+        k = np.searchsorted(year.user_ids, uid)
+        rows = year.user_rows(k).toarray() if year.user_ids[k] == uid else np.zeros((0, year.n_interests))
+        np.testing.assert_allclose(summed[row], rows.sum(axis=0))
+        np.testing.assert_allclose(mean[row], rows.mean(axis=0) if len(rows) else 0.0)
+    assert len(year.user_rows(np.searchsorted(year.user_ids, 1003)).toarray()) > 1  # a mean of several years
+
+
 def test_random_projection_matrix_does_not_depend_on_the_chunking():
     whole = np.random.default_rng(3).standard_normal((50, 9)) / 3.0
     blocks = list(diagnostics.random_projection_matrix(50, 9, 3, chunk_rows=7))
@@ -297,10 +310,12 @@ def test_signal_by_stage_probes_b_T_and_every_stage_of_each_model(identity_boi):
               "b": SMEN(month.n_interests, hidden=8, anchors=2, scales=("month",)).eval()}
     frame = diagnostics.signal_by_stage(models, identity_boi, user_ids, b_T, {"parity": (user_ids[::-1], y[::-1])},
                                         seed=0)
-    assert frame.iloc[0][["model", "stage"]].tolist() == ["input", "b_T"]
-    assert frame.groupby("model").size().to_dict() == {"input": 1, "a": 5, "b": 3}
+    assert frame[frame.model == "input"].stage.tolist() == ["b_T", "mean b_t month", "mean b_t year"]
+    assert frame.groupby("model").size().to_dict() == {"input": 3, "a": 5, "b": 3}
     assert frame.auc.between(0, 1).all()
     expected = diagnostics.linear_probe_auc(b_T[::-1], y[::-1], seed=0)  # labels in the given order
     assert frame.auc.iloc[0] == pytest.approx(expected)
+    mean_year = diagnostics.summed_boi(identity_boi["year"], user_ids, mean=True)[::-1]
+    assert frame.auc.iloc[2] == pytest.approx(diagnostics.linear_probe_auc(mean_year, y[::-1], seed=0))
     with pytest.raises(ValueError, match="not in user_ids"):
         diagnostics.signal_by_stage(models, identity_boi, user_ids[1:], b_T[1:], {"parity": (user_ids, y)}, seed=0)

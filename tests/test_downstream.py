@@ -170,6 +170,45 @@ def test_tasks_probed_side_by_side_equal_the_in_process_probes(monkeypatch):
         assert list(side_by_side) == ["b", "a", "c"] and side_by_side == alone
 
 
+def test_probe_results_kept_on_disk_are_read_back_only_for_the_same_inputs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    user_ids, y, dataset = _planted_task(rng, 200)
+    X = np.c_[y + rng.normal(0, 1.0, 200), rng.normal(size=(200, 3))]
+    labels = {"b": (user_ids, y), "a": (user_ids[::2], 1 - y[::2])}
+    config = dataclasses.replace(FAST, workers=1)
+    probed = []
+    real_task = downstream.evaluate_task
+    monkeypatch.setattr(downstream, "evaluate_task", lambda X, y, *a: probed.append(len(y)) or real_task(X, y, *a))
+
+    def run(features, run_config=config, seed=0):
+        probed.clear()
+        return downstream.evaluate(features, user_ids, dataset, run_config, seed, labels=labels, cache_dir=tmp_path)
+
+    first = run(X)
+    assert probed == [200, 100] and len(list(tmp_path.glob("*.json"))) == 2
+    assert run(X.copy()) == first and probed == []  # equal values: read back, to the bit
+    assert run(X, dataclasses.replace(config, workers=2)) == first and probed == []  # workers change nothing
+    assert downstream.evaluate(X, user_ids, dataset, config, 0, labels=labels) == first  # what a fresh probe gives
+    X_other = X.copy()
+    X_other[0, 0] += 1e-6
+    run(X_other)
+    assert probed == [200, 100]  # one value changed: both tasks hold that user
+    run(X, dataclasses.replace(config, max_epochs=3))
+    assert probed == [200, 100]
+    run(X, seed=1)
+    assert probed == [200, 100]
+    sparse = sp.csr_matrix(np.maximum(X, 0))
+    run(sparse)
+    assert probed == [200, 100]
+    assert run(sp.coo_matrix(sparse)) == run(sparse) and probed == []  # the same values in another format
+    kept_b = tmp_path / f"{downstream.probe_key(X, y, config, 0, 'cpu')}.json"  # task b: every row, in order
+    assert kept_b.exists()
+    kept_b.write_text("{ truncated")  # unreadable: probed again and rewritten
+    assert run(X) == first and probed == [200]
+    run(X)
+    assert probed == []
+
+
 # --- probe ------------------------------------------------------------------------------
 
 

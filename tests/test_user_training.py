@@ -13,9 +13,10 @@ import torch
 
 from lurm_lite.boi import BoISequences, build_boi
 from lurm_lite.config import SMENConfig, UserTrainingConfig, for_scale
+from lurm_lite.runs import MissingPrerequisite
 from lurm_lite.smen import collate_rows
 from lurm_lite.user_training import (PairSampler, Timeline, anchor_outputs, encode_stages, encode_users,
-                                     load_user_reps, save_user_reps, train_smen)
+                                     load_user_reps, save_user_reps, train_smen, user_reps_of)
 
 SMEN_TINY = SMENConfig(hidden=8, anchors=3)
 TRAIN_TINY = UserTrainingConfig(batch_size=32, epochs=2, min_subseq_periods=4, max_periods=24)
@@ -283,3 +284,6 @@ def test_user_reps_round_trip(tmp_path):
     loaded_ids, loaded = load_user_reps(save_user_reps(tmp_path / "user_reps.npz", ids, reps))
     assert loaded_ids.tolist() == [4, 2, 9]
     np.testing.assert_array_equal(loaded, reps)
+    np.testing.assert_array_equal(user_reps_of(tmp_path / "user_reps.npz", [9, 4]), reps[[2, 0]])
+    with pytest.raises(MissingPrerequisite, match=r"user_reps.npz lacks 1 users with history, e.g. user 7; rerun"):
+        user_reps_of(tmp_path / "user_reps.npz", [9, 7, 4])
