@@ -274,6 +274,12 @@ class AnchorBags(torch.autograd.Function):
 CHRONO_MAX_STEPS = 120  # T_max of the GRU's chrono initialisation: ten years of months
 
 
+def _running_past(alive: list[int]) -> list[int]:
+    """How many sequences run past each step t of a packed batch: alive[t + 1], 0 after the last step;
+    those at rows ending:alive[t] of step t end there."""
+    return alive[1:] + [0]
+
+
 def _recurrence(gates_x: torch.Tensor, b_ih: torch.Tensor, W_hh: torch.Tensor, b_hh: torch.Tensor, alive: list[int],
                 saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The GRU's recurrence over a time-major packed batch; the last state of each sequence.
@@ -294,8 +300,7 @@ def _recurrence(gates_x: torch.Tensor, b_ih: torch.Tensor, W_hh: torch.Tensor, b
     h = gates_x.new_zeros(alive[0], H)  # (alive[0], H) h_0
     last = gates_x.new_empty(alive[0], H)
     offset = 0
-    for t, n in enumerate(alive):
-        ending = alive[t + 1] if t + 1 < len(alive) else 0  # sequences running past step t
+    for t, (n, ending) in enumerate(zip(alive, _running_past(alive))):
         step = slice(offset, offset + n)
         h_prev = h[:n]  # (n, H)
         if saved is None:
@@ -352,8 +357,7 @@ class _PackedGRU(torch.autograd.Function):
         d_gates_h = torch.empty_like(rzn)  # (slots, 3H) gradient of W_hh h_{t-1} + b_hh
         d_h_buffer = torch.empty_like(d_last)  # (alive[0], H); rows :alive[t] hold the gradient of h_t
         ends = np.cumsum(alive).tolist()
-        for t in range(len(alive) - 1, -1, -1):
-            n, ending = alive[t], (alive[t + 1] if t + 1 < len(alive) else 0)
+        for t, n, ending in reversed(list(zip(range(len(alive)), alive, _running_past(alive)))):
             step = slice(ends[t] - n, ends[t])
             d_h_buffer[ending:n] = d_last[ending:n]  # the sequences whose last step is t
             d_h = d_h_buffer[:n]  # (n, H)

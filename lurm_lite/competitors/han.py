@@ -118,9 +118,10 @@ class HAN(nn.Module):
         if titled.any():
             titles, title_of = torch.unique(tokens.reshape(-1, title_len)[titled], dim=0,
                                             return_inverse=True)  # (U, Tr) distinct titles, (n_titled,)
-            title_words = (titles != 0).sum(dim=1)  # (U,)
-            h_words = _bigru_by_length(self.word_gru, self.embedding(titles), title_words)  # (U, Tr, hidden) h_it
-            s[titled] = self.word_attention(h_words, titles != 0)[title_of]  # (n_titled, hidden) s_i
+            title_word_mask = titles != 0  # (U, Tr)
+            h_words = _bigru_by_length(self.word_gru, self.embedding(titles),
+                                       title_word_mask.sum(dim=1))  # (U, Tr, hidden) h_it
+            s[titled] = self.word_attention(h_words, title_word_mask)[title_of]  # (n_titled, hidden) s_i
         s = s.reshape(batch, n_behaviours, self.hidden)  # (B, L, hidden)
         v = s.new_zeros(batch, self.hidden)  # (B, hidden)
         active = lengths > 0  # (B,) users with a behaviour
