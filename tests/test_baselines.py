@@ -49,6 +49,30 @@ def test_tfidf_is_scikit_learn_on_the_user_documents():
     assert baselines.tfidf_features(history(), ITEMS, USERS, max_features=2).shape == (3, 2)
 
 
+@pytest.mark.parametrize("max_features", [None, 40, 7])
+def test_tfidf_from_title_counts_is_scikit_learn_on_the_documents_to_the_bit(max_features):
+    rng = np.random.default_rng(0)
+    words = [f"w{k}" for k in range(60)] + ["Apple", "APPLE", "a", "x1", "naïve", "café-bar"]
+    titles = [" ".join(rng.choice(words, rng.integers(0, 6))) for _ in range(80)]  # some empty, repeats, ties
+    items = pd.DataFrame({"item_id": np.arange(80), "title": titles})
+    n = 2_000
+    behaviours = pd.DataFrame({"user_id": np.sort(rng.integers(0, 120, n)), "item_id": rng.integers(0, 80, n),
+                               "ts": np.arange(n)})
+    users = np.r_[rng.permutation(np.arange(130)), 500]  # unordered; users 120..129 and 500 have no behaviour
+    got = baselines.tfidf_features(behaviours, items, users, max_features)
+    documents = baselines.user_documents(behaviours, items["title"].to_numpy(), users)
+    expected = TfidfVectorizer(max_features=max_features, dtype=np.float32).fit_transform(documents).tocsr()
+    assert got.dtype == np.float32 and got.shape == expected.shape and got.has_sorted_indices
+    expected.sort_indices()  # the vectorizer leaves each row's columns in first-seen order
+    for a, b in ((got.indptr, expected.indptr), (got.indices, expected.indices), (got.data, expected.data)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"no item title .* holds a word .*\(items.title, e.g. 'a'\)"):
+        baselines.tfidf_features(behaviours, items.assign(title="a"), users)
+    wordless_touched = items.assign(title=np.where(np.isin(items.item_id, behaviours.item_id[:5]), "b", "two words"))
+    with pytest.raises(ValueError, match=r"\(items.title, e.g. 'b'\)"):  # the behaviours touch only wordless titles
+        baselines.tfidf_features(behaviours[:5], wordless_touched, users)
+
+
 def test_boi_is_log1p_interest_counts_over_the_whole_life():
     X = baselines.boi_features(history(), INTEREST, 3, USERS).toarray()
     np.testing.assert_allclose(X, np.log1p([[2, 1, 0], [0, 0, 0], [0, 0, 1]]), rtol=1e-6)
