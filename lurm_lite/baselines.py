@@ -79,9 +79,8 @@ def tfidf_features(behaviors: pd.DataFrame, items: pd.DataFrame, user_ids: np.nd
     selection (alphabetical vocabulary of the words the documents hold, then
     ``max_features`` by total count with scikit-learn's own ordering) and the weighting
     (``TfidfTransformer``) are scikit-learn's, so the matrix is the same to the bit (each row's
-    columns sorted); on the
-    demo's 830k behaviours it takes ~1 s instead of ~10 s, and memory no longer holds every
-    user's document as one string. The matrix stays sparse into the probe
+    columns sorted); on the demo's 830k behaviours it takes ~1 s instead of ~10 s, and memory
+    no longer holds every user's document as one string. The matrix stays sparse into the probe
     (``lurm_lite.downstream.MLPProbe``'s ``nn.EmbeddingBag`` first layer,
     ``downstream.SparseStandardScaler``), so a 1e5-word vocabulary is never densified.
     """

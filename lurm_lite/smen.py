@@ -357,7 +357,9 @@ class _PackedGRU(torch.autograd.Function):
         d_gates_h = torch.empty_like(rzn)  # (slots, 3H) gradient of W_hh h_{t-1} + b_hh
         d_h_buffer = torch.empty_like(d_last)  # (alive[0], H); rows :alive[t] hold the gradient of h_t
         ends = np.cumsum(alive).tolist()
-        for t, n, ending in reversed(list(zip(range(len(alive)), alive, _running_past(alive)))):
+        running_past = _running_past(alive)
+        for t in reversed(range(len(alive))):
+            n, ending = alive[t], running_past[t]
             step = slice(ends[t] - n, ends[t])
             d_h_buffer[ending:n] = d_last[ending:n]  # the sequences whose last step is t
             d_h = d_h_buffer[:n]  # (n, H)
