@@ -44,7 +44,7 @@ from lurm_lite.io import load_json, save_npz
 from lurm_lite.periods import LIFE, months_per_period
 from lurm_lite.runs import RunPaths
 from lurm_lite.smen import SMEN, load_smen
-from lurm_lite.user_training import boi_fingerprint, encode_users, train_smen
+from lurm_lite.user_training import boi_fingerprint, encode_users, kept_model_encoding, train_smen
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,7 +297,8 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
     interests with the same D are another variant), and a later call with the same key
     loads them instead of training. ``trained`` = (model path, per-epoch losses) of a model
     already trained with exactly these settings (:func:`run_snapshot`): it is encoded
-    instead of trained, and ``info["shared"]`` names it.
+    instead of trained (or not even encoded: the R^ that notebook 04 kept beside it,
+    ``user_training.kept_model_encoding``), and ``info["shared"]`` names it.
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
     key = _config_key(smen_config, train_config, seed,
@@ -315,7 +316,9 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
     else:
         model, epoch_losses = load_smen(trained[0], io.device(device)), trained[1]
     train_seconds = time.perf_counter() - start
-    reps = encode_users(model, dict(boi), user_ids, device, batch_size=train_config.encode_batch_size)
+    reps = kept_model_encoding(trained[0], user_ids) if trained is not None else None  # notebook 04's, if it kept it
+    if reps is None:
+        reps = encode_users(model, dict(boi), user_ids, device, batch_size=train_config.encode_batch_size)
     info = {"scales": list(smen_config.scales), "anchors": smen_config.anchors, "hidden": smen_config.hidden,
             "n_interests": int(model.n_interests), "representation_size": int(reps.shape[1]),
             "epochs": train_config.epochs, "loss_first_epoch": float(epoch_losses[0]),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -234,7 +234,9 @@ def signal_by_stage(models: Mapping[str, Any], boi: Mapping[str, BoISequences], 
     log(1 + count) rows averaged.
 
     Args:
-        models: ``{name: SMEN}``, each on ``device``.
+        models: ``{name: SMEN}``, each on ``device``; or, for a model already read, its
+            :func:`encode_stages` output ``{stage: (n, M*H)}`` over ``user_ids`` (notebook 08
+            encodes its untrained SMEN once, for this and for the BoI survival).
         boi: ``{scale: BoISequences}`` the models encode (only the finest scale is read).
         user_ids: (n,) ids of the rows of ``boi_T``.
         boi_T: (n, D) whole-life b_T of eq. (4) of ``user_ids`` (Table 5's BoI row).
@@ -254,12 +256,15 @@ def signal_by_stage(models: Mapping[str, Any], boi: Mapping[str, BoISequences], 
             raise ValueError(f"task {task}: user {np.asarray(task_users)[rows < 0][0]} is not in user_ids")
         task_rows[task] = (rows, np.asarray(y))
     jobs = {("input", "b_T", task): (boi_T[rows], y, seed) for task, (rows, y) in task_rows.items()}
-    for scale in dict.fromkeys(s for model in models.values() for s in model.scales if s in boi):
+    stages = {name: model if isinstance(model, Mapping) else encode_stages(model, dict(boi), user_ids, device)
+              for name, model in models.items()}  # {name: {stage: (n, M*H)}}
+    read = [stage.split(" ", 1)[1] for outputs in stages.values() for stage in outputs if stage.startswith("r ")]
+    for scale in dict.fromkeys(s for s in read if s in boi):  # the scales the models read, finest first
         per_period = summed_boi(boi[scale], user_ids, mean=True)  # (n, D) mean of the user's b_t rows
         jobs.update({("input", f"mean b_t {scale}", task): (per_period[rows], y, seed)
                      for task, (rows, y) in task_rows.items()})
-    for name, model in models.items():
-        for stage, X in encode_stages(model, dict(boi), user_ids, device).items():  # each (n, M*H)
+    for name, outputs in stages.items():
+        for stage, X in outputs.items():  # each (n, M*H)
             jobs.update({(name, stage, task): (X[rows], y, seed) for task, (rows, y) in task_rows.items()})
     workers = downstream.probe_workers(DownstreamConfig(), "cpu", len(jobs))
     aucs = downstream.side_by_side(linear_probe_auc_one_thread, jobs, workers)
@@ -357,14 +362,15 @@ class EpochProbe:
     "probe_seconds": float}``; ``train_smen`` stores it in ``history["eval"]`` with the epoch
     and step (see :func:`learning_curve_frame`). The last epoch's encoding is kept
     (:meth:`encoding_after`): it is the trained model's R^ of ``user_ids``, which notebook 04
-    would otherwise compute again (13.6 s on the demo run).
+    would otherwise compute again (13.6 s on the demo run); so is that of each epoch in
+    ``keep_epochs`` (notebook 04 keeps the one of its snapshot for notebook 08).
     """
 
     def __init__(self, boi: Mapping[str, BoISequences], user_ids: np.ndarray, dataset,
                  downstream_config: DownstreamConfig, tasks: Sequence[str], seed: int,
                  device: torch.device | str | None = "cpu", retrieval_users: np.ndarray | None = None,
                  train_config: UserTrainingConfig | None = None, retrieval_n_users: int = 1000,
-                 encode_batch_size: int = 512):
+                 encode_batch_size: int = 512, keep_epochs: Collection[int] = ()):
         if retrieval_users is not None and train_config is None:
             raise ValueError("retrieval_users needs train_config (the sampler's settings of the views)")
         by_name = {task["name"]: task for task in dataset.tasks}
@@ -378,12 +384,16 @@ class EpochProbe:
         self.retrieval_users, self.train_config, self.retrieval_n_users = retrieval_users, train_config, retrieval_n_users
         self.encode_batch_size = encode_batch_size
         self._latest: tuple[int, np.ndarray] | None = None  # (epochs trained, (n, M*H) R^)
+        self.keep_epochs = frozenset(int(e) for e in keep_epochs)
+        self._kept: dict[int, np.ndarray] = {}  # {epochs trained: (n, M*H) R^} of keep_epochs
 
     def __call__(self, epoch: int, model) -> dict:
         start = time.perf_counter()
         with _global_rngs_kept():
             reps = encode_users(model, self.boi, self.user_ids, self.device, batch_size=self.encode_batch_size)  # (n, M*H)
             self._latest = (epoch + 1, reps)
+            if epoch + 1 in self.keep_epochs:
+                self._kept[epoch + 1] = reps
             metrics = downstream.evaluate(reps, self.user_ids, self.dataset, self.config, self.seed, device="cpu",
                                           labels=self.labels)
             out: dict[str, Any] = {"auc": {t: float(m["auc"]) for t, m in metrics.items()}}
@@ -395,9 +405,11 @@ class EpochProbe:
 
     def encoding_after(self, epochs: int) -> np.ndarray | None:
         """(n, M*H) R^ of ``user_ids`` encoded after epoch ``epochs`` (1-based), if that was the
-        last call; None otherwise (e.g. a resumed run whose training had already finished)."""
-        return self._latest[1] if self._latest is not None and self._latest[0] == epochs else None
-
+        last call or is in ``keep_epochs``; None otherwise (e.g. a resumed run whose training had
+        already passed that epoch)."""
+        if self._latest is not None and self._latest[0] == epochs:
+            return self._latest[1]
+        return self._kept.get(epochs)
 
 
 def learning_curve_frame(history: Mapping[str, Any]) -> pd.DataFrame:

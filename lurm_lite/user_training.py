@@ -61,7 +61,7 @@ from lurm_lite.boi import BoISequences
 from lurm_lite.config import SMENConfig, UserTrainingConfig
 from lurm_lite.contrastive import adam_optimizers, info_nce, optimizer_step
 from lurm_lite.periods import period_index, period_start_ts, window_start_ts
-from lurm_lite.runs import MissingPrerequisite
+from lurm_lite.runs import MissingPrerequisite, file_sha256
 from lurm_lite.smen import SMEN, ScaleBatch, collate_matrix, collate_rows, row_ranges, save_smen
 
 # ---------------------------------------------------------------------------------------
@@ -581,6 +581,34 @@ def save_user_reps(path: str | Path, user_ids: np.ndarray, reps: np.ndarray) -> 
     """Write (user_ids (n,), reps (n, M*H)) atomically as ``.npz`` (``RunPaths.user_reps``)."""
     return io.save_npz(path, user_ids=np.asarray(user_ids, dtype=np.int64),
                          reps=np.asarray(reps, dtype=np.float32))
+
+
+def model_encoding_path(model_path: str | Path) -> Path:
+    """Where the R^ of every user by the SMEN saved at ``model_path`` is kept: ``<stem>_reps.npz`` beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}_reps.npz")
+
+
+def save_model_encoding(model_path: str | Path, user_ids: np.ndarray, reps: np.ndarray) -> Path:
+    """Keep ``reps`` (n, M*H), the R^ of ``user_ids`` by the SMEN saved at ``model_path``, beside
+    it (:func:`model_encoding_path`) with the model file's SHA-256, so that it is read back
+    (:func:`kept_model_encoding`) only for that very model."""
+    return io.save_npz(model_encoding_path(model_path), user_ids=np.asarray(user_ids, dtype=np.int64),
+                       reps=np.asarray(reps, dtype=np.float32), model_sha256=np.array(file_sha256(model_path)))
+
+
+def kept_model_encoding(model_path: str | Path, user_ids: np.ndarray) -> np.ndarray | None:
+    """The (n, M*H) R^ of ``user_ids`` kept by :func:`save_model_encoding` for the model at
+    ``model_path``; None when there is none, it was made from another model file (e.g. an
+    older run's), or it lacks one of the users."""
+    path = model_encoding_path(model_path)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as kept:
+        if str(kept["model_sha256"]) != file_sha256(model_path):
+            return None
+        rows = pd.Index(kept["user_ids"]).get_indexer(np.asarray(user_ids, dtype=np.int64))
+        return None if (rows < 0).any() else kept["reps"][rows]
 
 
 def load_user_reps(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

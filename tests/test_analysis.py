@@ -136,7 +136,7 @@ def test_notebook_04s_snapshot_is_the_reference_variant_and_is_used_only_when_it
     for the same seed and settings (08 then encodes it instead of training)."""
     from lurm_lite.io import save_json
     from lurm_lite.runs import RunPaths
-    from lurm_lite.user_training import train_smen
+    from lurm_lite.user_training import kept_model_encoding, model_encoding_path, save_model_encoding, train_smen
 
     boi, users = _toy_boi()
     smen_config = SMENConfig(hidden=8, anchors=2)
@@ -154,6 +154,16 @@ def test_notebook_04s_snapshot_is_the_reference_variant_and_is_used_only_when_it
     reps_trained, info_trained = analysis.train_variant(boi, smen_config, one_epoch, users, "cpu", 0)
     assert np.array_equal(reps_shared, reps_trained) and info["shared"] == "smen_ep1.pt"
     assert info["loss_last_epoch"] == info_trained["loss_last_epoch"]
+    # the encoding notebook 04 kept beside the snapshot is read instead of encoding it (a marked copy
+    # here, to see which one came back), for that model file only
+    save_model_encoding(run.smen_snapshot(1), users[::-1], reps_trained[::-1] + 1)
+    assert model_encoding_path(run.smen_snapshot(1)).name == "smen_ep1_reps.npz"
+    reps_kept, _ = analysis.train_variant(boi, smen_config, one_epoch, users, "cpu", 0, trained=shared)
+    np.testing.assert_array_equal(reps_kept, reps_trained + 1)
+    assert kept_model_encoding(run.smen_snapshot(1), np.append(users, 10**6)) is None  # a user it lacks
+    with open(run.smen_snapshot(1), "ab") as model_file:  # another model under that name: encoded again
+        model_file.write(b"\0")
+    assert kept_model_encoding(run.smen_snapshot(1), users) is None
     assert analysis.run_snapshot(run.root, smen_config, one_epoch, seed=1) is None
     assert analysis.run_snapshot(run.root, smen_config, dataclasses.replace(one_epoch, lr=0.01), seed=0) is None
     assert analysis.run_snapshot(run.root, dataclasses.replace(smen_config, anchors=3), one_epoch, seed=0) is None

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -15,7 +16,8 @@ from sklearn.decomposition import TruncatedSVD
 from lurm_lite import diagnostics
 from lurm_lite.boi import build_boi
 from lurm_lite.config import DownstreamConfig, SMENConfig, UserTrainingConfig
-from lurm_lite.smen import SMEN
+from lurm_lite.smen import SMEN, load_smen
+from lurm_lite.user_training import encode_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SHARED = 12  # interests 0..11 are shared; interest N_SHARED + u is user u's own
@@ -210,7 +212,7 @@ def tiny_boi(tiny_dataset):
     return dataset, boi
 
 
-def test_epoch_probe_records_a_learning_curve_without_touching_the_training_path(tiny_boi):
+def test_epoch_probe_records_a_learning_curve_without_touching_the_training_path(tiny_boi, tmp_path):
     from lurm_lite.user_training import encode_users, train_smen
 
     dataset, boi = tiny_boi
@@ -226,6 +228,12 @@ def test_epoch_probe_records_a_learning_curve_without_touching_the_training_path
     # the last epoch's encoding is the trained model's R^ (notebook 04 saves it instead of encoding again)
     np.testing.assert_array_equal(probe.encoding_after(2), encode_users(model, boi, users, "cpu"))
     assert probe.encoding_after(1) is None
+    # an epoch of keep_epochs is kept too: the R^ of the snapshot written after it (notebook 08's reference)
+    keeping = diagnostics.EpochProbe(boi, users, dataset, probe_config, ["age"], seed=0, device="cpu", keep_epochs={1})
+    snapshot = tmp_path / "smen_ep1.pt"
+    train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False, on_epoch_end=keeping,
+               snapshots={1: snapshot})
+    np.testing.assert_array_equal(keeping.encoding_after(1), encode_users(load_smen(snapshot), boi, users, "cpu"))
     torch.manual_seed(123)
     _, without = train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False)
     assert torch.equal(after_probe, torch.rand(1))  # the global torch RNG is where it would be
@@ -317,5 +325,10 @@ def test_signal_by_stage_probes_b_T_and_every_stage_of_each_model(identity_boi):
     assert frame.auc.iloc[0] == pytest.approx(expected)
     mean_year = diagnostics.summed_boi(identity_boi["year"], user_ids, mean=True)[::-1]
     assert frame.auc.iloc[2] == pytest.approx(diagnostics.linear_probe_auc(mean_year, y[::-1], seed=0))
+    # a model's stages encoded beforehand (notebook 08's untrained SMEN) give the same rows as the model
+    given = diagnostics.signal_by_stage({"a": encode_stages(models["a"], identity_boi, user_ids, "cpu"),
+                                         "b": models["b"]}, identity_boi, user_ids, b_T,
+                                        {"parity": (user_ids[::-1], y[::-1])}, seed=0)
+    pd.testing.assert_frame_equal(given, frame)
     with pytest.raises(ValueError, match="not in user_ids"):
         diagnostics.signal_by_stage(models, identity_boi, user_ids[1:], b_T[1:], {"parity": (user_ids, y)}, seed=0)
