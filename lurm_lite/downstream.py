@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import signal
+import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -555,20 +556,60 @@ def _kept_result(path: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) and {"auc", "acc", "auc_ci95", "n_test"} <= set(metrics) else None
 
 
-def _evaluate_tasks(jobs: Mapping[str, tuple[Features, np.ndarray]], config: DownstreamConfig, seed: int,
-                    device: str | torch.device, cache_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate_task` of every ``{task: (X, y)}``, side by side when the cores allow.
+class SharedFeatures:
+    """A representation matrix written once to ``folder`` for the worker processes, which
+    memory-map it and take their task's rows (:meth:`rows`): pickled to the workers with each
+    task instead, the demo's 5,000 x 1,280 R^ cost ~0.5 s of transfers per :func:`evaluate`.
+    Dense X is one ``.npy``; sparse X its CSR arrays. Only the folder's path is pickled."""
+
+    def __init__(self, X: Features, folder: str | os.PathLike):
+        self.folder, self.sparse, self.shape = Path(folder), sp.issparse(X), X.shape
+        if self.sparse:
+            X = X.tocsr()
+            for name in ("data", "indices", "indptr"):
+                np.save(self.folder / f"{name}.npy", getattr(X, name))
+        else:
+            np.save(self.folder / "X.npy", np.asarray(X))
+
+    def rows(self, rows: np.ndarray) -> Features:
+        """X[rows], read from the memory-mapped files: the same values as the matrix written."""
+        if not self.sparse:
+            return np.load(self.folder / "X.npy", mmap_mode="r")[rows]
+        data, indices, indptr = (np.load(self.folder / f"{name}.npy", mmap_mode="r")
+                                 for name in ("data", "indices", "indptr"))
+        return sp.csr_matrix((data, indices, indptr), shape=self.shape, copy=False)[rows]
+
+
+def _evaluate_shared_rows(features: SharedFeatures, rows: np.ndarray, y: np.ndarray, config: DownstreamConfig,
+                          seed: int, device: str | torch.device) -> dict[str, Any]:
+    """:func:`evaluate_task` on the rows ``rows`` of a :class:`SharedFeatures` (in a worker process)."""
+    return evaluate_task(features.rows(rows), y, config, seed, device)
+
+
+def _evaluate_tasks(X: Features, jobs: Mapping[str, tuple[np.ndarray, np.ndarray]], config: DownstreamConfig,
+                    seed: int, device: str | torch.device, cache_dir: str | os.PathLike | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_task` of every ``{task: (rows, y)}`` on X[rows], side by side when the cores
+    allow (the workers read X from one :class:`SharedFeatures`).
 
     With ``cache_dir``, each task's result is kept there as ``<probe_key>.json`` (written
     atomically) and read back instead of probing again when the same X, y, settings and
     seed come back: notebook 06's whole-life window and notebook 08's BoI and LURM rows are
     notebook 05's, and a killed notebook resumes without redoing the probes it finished.
     """
-    paths = {task: Path(cache_dir) / f"{probe_key(X, y, config, seed, device)}.json"
-             for task, (X, y) in jobs.items()} if cache_dir is not None else {}
+    paths = {task: Path(cache_dir) / f"{probe_key(X[rows], y, config, seed, device)}.json"
+             for task, (rows, y) in jobs.items()} if cache_dir is not None else {}
     kept = {task: result for task, path in paths.items() if (result := _kept_result(path)) is not None}
-    todo = {task: (X, y, config, seed, device) for task, (X, y) in jobs.items() if task not in kept}
-    probed = side_by_side(evaluate_task, todo, probe_workers(config, device, len(todo)))
+    todo = {task: job for task, job in jobs.items() if task not in kept}
+    workers = probe_workers(config, device, len(todo))
+    if workers == 1:
+        probed = side_by_side(evaluate_task, {task: (X[rows], y, config, seed, device)
+                                              for task, (rows, y) in todo.items()}, workers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="lurm_probe_", ignore_cleanup_errors=True) as folder:
+            shared = SharedFeatures(X, folder)
+            probed = side_by_side(_evaluate_shared_rows, {task: (shared, rows, y, config, seed, device)
+                                                          for task, (rows, y) in todo.items()}, workers)
     for task, metrics in probed.items():
         if task in paths:
             io.save_json(paths[task], metrics)
@@ -620,6 +661,6 @@ def evaluate(X: Features, user_ids: np.ndarray, dataset: Dataset, config: Downst
         if (rows < 0).any():
             raise ValueError(f"Task {task!r}: {(rows < 0).sum()} labelled users have no row in X, "
                              f"e.g. user {task_users[rows < 0][0]}.")
-        jobs[task] = (X[rows], y)
-    results.update(_evaluate_tasks(jobs, config, seed, device, cache_dir))
+        jobs[task] = (rows, y)
+    results.update(_evaluate_tasks(X, jobs, config, seed, device, cache_dir))
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import warnings
 
 import numpy as np
@@ -162,12 +163,29 @@ def test_tasks_probed_side_by_side_equal_the_in_process_probes(monkeypatch):
         submitted = []
         monkeypatch.setattr(downstream.ProcessPoolExecutor, "submit",
                             lambda pool, fn, *args, _submit=downstream.ProcessPoolExecutor.submit:
-                            submitted.append(args[0].shape) or _submit(pool, fn, *args))
+                            submitted.append(args[0]) or _submit(pool, fn, *args))
         side_by_side = downstream.evaluate(features, user_ids, dataset, dataclasses.replace(FAST, workers=2),
                                            seed=0, labels=labels)
         monkeypatch.undo()
-        assert len(submitted) == 3  # the probes did run in the pool
+        assert len(submitted) == 3  # the probes did run in the pool, reading X from one shared copy
+        assert all(isinstance(shared, downstream.SharedFeatures) for shared in submitted)
         assert list(side_by_side) == ["b", "a", "c"] and side_by_side == alone
+
+
+def test_shared_features_give_the_rows_of_the_matrix_written(tmp_path):
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(40, 6)).astype(np.float32)
+    sparse = sp.random(40, 30, density=0.2, format="coo", random_state=1, dtype=np.float32)
+    rows = np.array([5, 0, 39, 5, 17])
+    for X, folder in ((dense, tmp_path / "dense"), (sparse, tmp_path / "sparse")):
+        folder.mkdir()
+        shared = pickle.loads(pickle.dumps(downstream.SharedFeatures(X, folder)))  # as a worker receives it
+        got = shared.rows(rows)
+        if sp.issparse(X):
+            assert sp.issparse(got) and got.shape == (5, 30)
+            np.testing.assert_array_equal(got.toarray(), X.tocsr()[rows].toarray())
+        else:
+            np.testing.assert_array_equal(got, X[rows])
 
 
 def test_probe_results_kept_on_disk_are_read_back_only_for_the_same_inputs(tmp_path, monkeypatch):
