@@ -494,14 +494,38 @@ def side_by_side(function: Callable[..., Any], jobs: Mapping[str, tuple], worker
     """
     if workers == 1:
         return {task: function(*args) for task, args in jobs.items()}
-    pool = _probe_pool(workers)
-    try:
-        futures = {task: pool.submit(function, *args) for task, args in jobs.items()}
+    with _pool_errors(workers):
+        futures = {task: _probe_pool(workers).submit(function, *args) for task, args in jobs.items()}
         return {task: future.result() for task, future in futures.items()}
-    except BrokenProcessPool as error:  # a worker died (e.g. out of memory): the next call starts a new pool
-        del _PROBE_POOLS[workers]
+
+
+@contextlib.contextmanager
+def _pool_errors(workers: int) -> Iterator[None]:
+    """A worker that died (e.g. out of memory) as a clear error; the next call starts a new pool."""
+    try:
+        yield
+    except BrokenProcessPool as error:
+        _PROBE_POOLS.pop(workers, None)
         raise RuntimeError(f"a worker process died ({error}); set DownstreamConfig.workers = 1 "
                            "to train and probe in this process") from error
+
+
+class InBackground:
+    """``function(*args)`` started in the pool of ``workers`` (> 1) processes that
+    :func:`side_by_side` uses, while this process goes on; :meth:`result` waits for it.
+    What is sent to the pool meanwhile (probes, the supervised competitors' trainings) runs
+    on the other workers: a single-threaded job (gensim's Doc2Vec) then leaves no core idle."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple, workers: int):
+        if workers < 2:
+            raise ValueError("a background job needs a pool of at least 2 workers (see probe_workers)")
+        self.workers = workers
+        with _pool_errors(workers):
+            self.future = _probe_pool(workers).submit(function, *args)
+
+    def result(self) -> Any:
+        with _pool_errors(self.workers):
+            return self.future.result()
 
 
 # ---------------------------------------------------------------------------------------

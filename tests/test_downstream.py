@@ -380,3 +380,27 @@ def test_evaluate_run_skips_methods_without_artifacts_and_writes_valid_results(t
     main(["--run-dir", str(run.root), "--dataset", str(tiny_dataset), "--scale", "tiny", "--methods", "LURM",
           "--seed", "1"])
     assert load_json(run.results)["split_seed"] == 1
+
+
+def test_doc2vec_trained_in_a_worker_gives_the_in_process_results_in_the_tables_order(tiny_dataset, tmp_path,
+                                                                                      monkeypatch):
+    from lurm_lite import evaluate
+
+    config = for_scale("tiny").downstream
+    methods = ["TF-IDF", "Doc2Vec", "RFM"]
+    alone, _ = evaluate_run(tmp_path / "alone", tiny_dataset, methods, dataclasses.replace(config, workers=1),
+                            seed=0, device="cpu", progress=False)
+    started = []
+    monkeypatch.setattr(downstream.InBackground, "__init__",
+                        lambda self, fn, args, workers, _init=downstream.InBackground.__init__:
+                        started.append(args[0].__name__) or _init(self, fn, args, workers))
+    beside, seconds = evaluate_run(tmp_path / "beside", tiny_dataset, methods, dataclasses.replace(config, workers=2),
+                                   seed=0, device="cpu", progress=False)
+    assert started == ["doc2vec_features"]  # it did train in the pool
+    assert beside == alone and list(beside["tasks"]["age"]) == methods
+    assert seconds["Doc2Vec"]["seconds"] >= seconds["Doc2Vec"]["train_seconds"] > 0
+    # read after the supervised competitors, whose trainings fill the other cores meanwhile
+    assert evaluate._evaluation_order(evaluate.METHODS, {"Doc2Vec": None}) == [
+        "TF-IDF", "TextCNN", "HAN", "Doc2Vec", "PTUM", "SUMN", "RFM", "MeanItemEmb", "BoI", "LURM(2M)", "LURM"]
+    assert evaluate._evaluation_order(["Doc2Vec", "RFM"], {"Doc2Vec": None}) == ["Doc2Vec", "RFM"]
+    assert evaluate._evaluation_order(evaluate.METHODS, {}) == list(evaluate.METHODS)
