@@ -79,7 +79,9 @@ def test_analysis_config_is_set_per_scale_and_overridden_like_the_other_stages()
     tiny, default, paper = (for_scale(s).analysis for s in ("tiny", "default", "paper"))
     assert paper == AnalysisConfig() and paper.lengths_months == PAPER_LENGTHS_MONTHS  # §3.6's sweeps
     assert "1anchor-MH" in paper.variants and "1anchor-MH" not in default.variants  # an hour per variant on 2 cores
-    assert tiny.ablation_epochs < default.ablation_epochs < paper.ablation_epochs
+    assert tiny.ablation_epochs <= default.ablation_epochs < paper.ablation_epochs
+    for scale, analysis in (("tiny", tiny), ("default", default), ("paper", paper)):  # 04 keeps the snapshot 08 reads
+        assert analysis.ablation_epochs < for_scale(scale).user_training.epochs
     assert max(tiny.n_interests_sweep) <= for_scale("tiny").clustering.n_interests
     assert for_scale("default").to_dict()["analysis"]["n_interests_sweep"] == default.n_interests_sweep
     changed = with_overrides(default, ablation_epochs=5, n_interests_sweep=[], variants=None)
