@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -45,7 +46,8 @@ from threadpoolctl import threadpool_limits
 from lurm_lite import downstream, io
 from lurm_lite.boi import BoISequences
 from lurm_lite.config import DownstreamConfig, UserTrainingConfig
-from lurm_lite.user_training import PairSampler, encode_stages, encode_users, inference  # the trainer's views and encoder
+from lurm_lite.user_training import (PairSampler, encode_stages, encode_users, inference,  # the trainer's views and
+                                     save_model_encoding)  # encoder
 
 RIDGE_ALPHAS = np.logspace(-3, 3, 7)  # the ridge penalties RidgeCV chooses from
 RETRIEVAL_BATCH = 256  # users per forward pass of view_retrieval_top1
@@ -410,6 +412,14 @@ class EpochProbe:
         if self._latest is not None and self._latest[0] == epochs:
             return self._latest[1]
         return self._kept.get(epochs)
+
+    def save_encodings(self, snapshots: Mapping[int, str | Path]) -> list[Path]:
+        """Keep the encoding after each epoch E of ``snapshots`` (``{E: model path}``, as given to
+        ``train_smen``) beside its model (``user_training.save_model_encoding``) when this probe
+        has it (:meth:`encoding_after`) and the model was written; returns the files written."""
+        kept = {epochs: self.encoding_after(epochs) for epochs in snapshots}
+        return [save_model_encoding(snapshots[epochs], self.user_ids, reps)
+                for epochs, reps in kept.items() if reps is not None and Path(snapshots[epochs]).exists()]
 
 
 def learning_curve_frame(history: Mapping[str, Any]) -> pd.DataFrame:

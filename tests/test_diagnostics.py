@@ -17,7 +17,7 @@ from lurm_lite import diagnostics
 from lurm_lite.boi import build_boi
 from lurm_lite.config import DownstreamConfig, SMENConfig, UserTrainingConfig
 from lurm_lite.smen import SMEN, load_smen
-from lurm_lite.user_training import encode_stages
+from lurm_lite.user_training import encode_stages, kept_model_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SHARED = 12  # interests 0..11 are shared; interest N_SHARED + u is user u's own
@@ -234,6 +234,8 @@ def test_epoch_probe_records_a_learning_curve_without_touching_the_training_path
     train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False, on_epoch_end=keeping,
                snapshots={1: snapshot})
     np.testing.assert_array_equal(keeping.encoding_after(1), encode_users(load_smen(snapshot), boi, users, "cpu"))
+    assert keeping.save_encodings({1: snapshot, 2: tmp_path / "smen_ep2.pt"}) == [tmp_path / "smen_ep1_reps.npz"]
+    np.testing.assert_array_equal(kept_model_encoding(snapshot, users[::-1]), keeping.encoding_after(1)[::-1])
     torch.manual_seed(123)
     _, without = train_smen(boi, smen_config, train_config, "cpu", seed=0, progress=False)
     assert torch.equal(after_probe, torch.rand(1))  # the global torch RNG is where it would be
