@@ -28,14 +28,18 @@ distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
 ``sparse_vs_dense_at_1e5`` (dense / sparse time) >= 10. ``--quick`` uses 64 users.
 
-Measured alone on the 2-core development machine (``--quick``, default threads): sparse_ms
-66.3 / 81.0 / 119.2 ms at D = 1e3 / 1e4 / 1e5 with uniform interests (sparse_d_scaling
-1.80; before AnchorBags, on a lighter-loaded machine, 59.5 / 217.9 / 1362.8, 22.9), Zipf 45.2
-/ 49.7 / 62.9 ms (sparse_d_scaling_zipf 1.39); SMEN 345 / 382 / 430 ms; the dense reference
-129 / 1288 / 12707 ms (sparse_vs_dense_at_1e5 107). The D = 1e3 rows run the S V path.
-Optimizer step (all of SMEN's parameters) RowAdam / torch SparseAdam / dense Adam on W^e:
-9.5 / 10.9 / 8.6, 21.1 / 22.6 / 15.9, 102.8 / 130.3 / 85.3 ms. train_flops_fraction 0.43
-(28.7 GFLOP/s against torch.mm's 66.5), encode_flops_fraction 0.53.
+Measured alone on the 2-core development machine (``--quick``, default threads, commit
+bf23ecb): sparse_ms 79.2 / 83.7 / 130.3 ms at D = 1e3 / 1e4 / 1e5 with uniform interests
+(sparse_d_scaling 1.65; 1.80 at an earlier stop; before AnchorBags, on a lighter-loaded
+machine, 59.5 / 217.9 / 1362.8, 22.9), Zipf 52.7 / 51.9 / 60.3 ms (sparse_d_scaling_zipf
+1.14); SMEN 377 / 385 / 425 ms; the dense reference 129 / 1226 / 12306 ms
+(sparse_vs_dense_at_1e5 94). The D = 1e3 rows run the S V path. At D = 1e5 the U-proportional
+cost is mostly eq. (6)'s three (U, H) x (H, M)-shaped products (22 ms of a step at U = 53,833,
+3.6 ms at U = 9,996; M = 10 makes them run at 20-26 GFLOP/s) and (U, H) elementwise passes;
+computing eq. (5)-(6) in one autograd Function over blocks of 2,048 interests did not make it
+faster. Optimizer step (all of SMEN's parameters) RowAdam / torch SparseAdam / dense Adam on
+W^e: 8.9 / 9.4 / 9.0, 15.5 / 20.4 / 11.0, 70.4 / 135.0 / 83.5 ms. train_flops_fraction 0.42
+(29.0 GFLOP/s against torch.mm's 69.7), encode_flops_fraction 0.67.
 """
 
 from __future__ import annotations
