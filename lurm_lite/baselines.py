@@ -29,19 +29,11 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, T
 from lurm_lite.boi import BoISequences, whole_life_boi
 from lurm_lite.periods import MONTH_SECONDS
 from lurm_lite.smen import SMEN
-from lurm_lite.user_training import encode_users
+from lurm_lite.user_training import encode_users, rows_of
 
 # gensim's training routines silently drop the words of a document after the first 10000;
 # longer documents are fed as several pieces that share the user's tag.
 GENSIM_MAX_WORDS = 10_000
-
-
-def rows_of(user_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each ``wanted`` id in ``user_ids`` (-1 when absent)."""
-    index = pd.Index(np.asarray(user_ids))
-    if not index.is_unique:
-        raise ValueError("user_ids must be unique: each row is one user.")
-    return index.get_indexer(np.asarray(wanted))
 
 
 def user_documents(behaviors: pd.DataFrame, titles: np.ndarray, user_ids: np.ndarray) -> list[str]:

@@ -385,17 +385,15 @@ class EpochProbe:
         self.boi, self.dataset, self.seed, self.device = dict(boi), dataset, seed, device
         self.retrieval_users, self.train_config, self.retrieval_n_users = retrieval_users, train_config, retrieval_n_users
         self.encode_batch_size = encode_batch_size
-        self._latest: tuple[int, np.ndarray] | None = None  # (epochs trained, (n, M*H) R^)
         self.keep_epochs = frozenset(int(e) for e in keep_epochs)
-        self._kept: dict[int, np.ndarray] = {}  # {epochs trained: (n, M*H) R^} of keep_epochs
+        self._encodings: dict[int, np.ndarray] = {}  # {epochs trained: (n, M*H) R^}: the last call's, keep_epochs'
 
     def __call__(self, epoch: int, model) -> dict:
         start = time.perf_counter()
         with _global_rngs_kept():
             reps = encode_users(model, self.boi, self.user_ids, self.device, batch_size=self.encode_batch_size)  # (n, M*H)
-            self._latest = (epoch + 1, reps)
-            if epoch + 1 in self.keep_epochs:
-                self._kept[epoch + 1] = reps
+            self._encodings = {e: r for e, r in self._encodings.items() if e in self.keep_epochs}
+            self._encodings[epoch + 1] = reps
             metrics = downstream.evaluate(reps, self.user_ids, self.dataset, self.config, self.seed, device="cpu",
                                           labels=self.labels)
             out: dict[str, Any] = {"auc": {t: float(m["auc"]) for t, m in metrics.items()}}
@@ -409,9 +407,7 @@ class EpochProbe:
         """(n, M*H) R^ of ``user_ids`` encoded after epoch ``epochs`` (1-based), if that was the
         last call or is in ``keep_epochs``; None otherwise (e.g. a resumed run whose training had
         already passed that epoch)."""
-        if self._latest is not None and self._latest[0] == epochs:
-            return self._latest[1]
-        return self._kept.get(epochs)
+        return self._encodings.get(epochs)
 
     def save_encodings(self, snapshots: Mapping[int, str | Path]) -> list[Path]:
         """Keep the encoding after each epoch E of ``snapshots`` (``{E: model path}``, as given to

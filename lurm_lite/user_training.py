@@ -583,6 +583,14 @@ def save_user_reps(path: str | Path, user_ids: np.ndarray, reps: np.ndarray) -> 
                          reps=np.asarray(reps, dtype=np.float32))
 
 
+def rows_of(user_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each ``wanted`` id in ``user_ids`` (-1 when absent)."""
+    index = pd.Index(np.asarray(user_ids))
+    if not index.is_unique:
+        raise ValueError("user_ids must be unique: each row is one user.")
+    return index.get_indexer(np.asarray(wanted))
+
+
 def model_encoding_path(model_path: str | Path) -> Path:
     """Where the R^ of every user by the SMEN saved at ``model_path`` is kept: ``<stem>_reps.npz`` beside it."""
     model_path = Path(model_path)
@@ -607,7 +615,7 @@ def kept_model_encoding(model_path: str | Path, user_ids: np.ndarray) -> np.ndar
     with np.load(path, allow_pickle=False) as kept:
         if str(kept["model_sha256"]) != file_sha256(model_path):
             return None
-        rows = pd.Index(kept["user_ids"]).get_indexer(np.asarray(user_ids, dtype=np.int64))
+        rows = rows_of(kept["user_ids"], user_ids)
         return None if (rows < 0).any() else kept["reps"][rows]
 
 
@@ -626,7 +634,7 @@ def user_reps_of(path: str | Path, user_ids: np.ndarray) -> np.ndarray:
     """
     saved_ids, reps = load_user_reps(path)
     user_ids = np.asarray(user_ids)
-    rows = pd.Index(saved_ids).get_indexer(user_ids)
+    rows = rows_of(saved_ids, user_ids)
     if (rows < 0).any():
         raise MissingPrerequisite(f"{path} lacks {(rows < 0).sum()} users with history, e.g. user "
                                   f"{user_ids[rows < 0][0]}; rerun notebooks/04_smen.ipynb on this dataset.")
