@@ -5,9 +5,12 @@
 
 Reads a finished run folder of ``make demo`` (or any default-scale run) and reports:
 
-- ``stages``: seconds of each notebook (``chain.json``) with what the stage JSONs say inside
+- ``stages``: seconds of each notebook (``chain.json``), its CPU seconds on all cores and
+  ``cores_busy`` (their ratio: how much of the machine the stage used), with what the stage JSONs say inside
   it (04: training, encoding, the per-epoch probe of the learning curve; 06: each window;
   08: each variant's training and probe, the diagnostics);
+- ``chain_totals``: the same for the whole chain, and ``wall_seconds_every_core_busy`` (CPU
+  seconds / cores): the shortest the chain could take on this machine doing the same work;
 - ``training_step_ms``: one SMEN training step at the run's settings on the run's BoI, split
   into data collation (``PairSampler.sample``), the multi-anchor module (eq. 5-6, forward +
   backward, every scale), the GRU (§2.2.2, forward + backward), the switch, head and loss
@@ -52,7 +55,11 @@ from lurm_lite.user_training import PairSampler, encoding_batches, load_user_rep
 
 def stage_breakdown(run: RunPaths) -> dict:
     """Seconds per notebook and, where its JSON records them, per part of it."""
-    stages = {name: {"seconds": seconds} for name, seconds in load_json(run.chain_log)["stage_seconds"].items()}
+    chain = load_json(run.chain_log)
+    cpu = chain.get("stage_cpu_seconds", {})  # kept by the runner since stop 24
+    stages = {name: {"seconds": seconds, **({"cpu_seconds": cpu[name], "cores_busy": round(cpu[name] / seconds, 2)}
+                                            if name in cpu else {})}
+              for name, seconds in chain["stage_seconds"].items()}
     smen = load_json(run.stage_json("04_smen"))
     curve = [point.get("probe_seconds", 0.0) for point in smen.get("learning_curve", [])]
     stages.get("04_smen", {}).update({
@@ -62,6 +69,16 @@ def stage_breakdown(run: RunPaths) -> dict:
         if run.stage_json(name).exists() and name in stages:
             stages[name]["parts"] = load_json(run.stage_json(name)).get("seconds", {})
     return stages
+
+
+def chain_totals(run: RunPaths) -> dict:
+    """The whole chain: wall and CPU seconds, cores busy, and the wall time were every core busy."""
+    chain = load_json(run.chain_log)
+    if "total_cpu_seconds" not in chain:
+        return {"wall_seconds": chain["total_seconds"]}
+    cpu, cores = chain["total_cpu_seconds"], chain["cpu_count"]
+    return {"wall_seconds": chain["total_seconds"], "cpu_seconds": cpu, "cpu_count": cores,
+            "cores_busy": round(cpu / chain["total_seconds"], 2), "wall_seconds_every_core_busy": round(cpu / cores, 1)}
 
 
 def gru_flops(batch, model: SMEN) -> float:
@@ -189,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "run_dir": str(run.root), "torch_threads": torch.get_num_threads(),
         "stages": stage_breakdown(run),
+        "chain_totals": chain_totals(run),
         "training_step": training_step_profile(boi, smen_config, train_config, args.steps),
         "encode_ms_per_1000_users": encode_profile(boi, model, user_ids, train_config.encode_batch_size),
         "probe_seconds": probe_profile(run, scale.downstream),

@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 import types
@@ -262,12 +263,32 @@ def prepare_dataset(dataset: str, scale: str, seed: int, out_dir: str | Path) ->
     return out_dir
 
 
+def cpu_seconds_so_far() -> float:
+    """CPU seconds (user + system) of this process and of every child process it has waited for.
+
+    A stage's papermill kernel is a child of the runner, reaped when the stage ends, and it
+    waits for its own worker processes (probes, Doc2Vec), so the difference of this before
+    and after a stage is the CPU the stage used, on every core. A process the kernel leaves
+    unwaited is not counted.
+    """
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def _record_timings(run: RunPaths, stages: dict[str, Any]) -> None:
-    """Keep the latest run time of every stage in ``RUN_DIR/chain.json`` (skipped stages keep theirs)."""
+    """Keep the latest wall and CPU seconds of every stage in ``RUN_DIR/chain.json`` (skipped stages keep theirs).
+
+    ``stage_cpu_seconds`` / ``stage_seconds`` is how many cores a stage kept busy on average.
+    """
     path = run.chain_log
-    seconds = load_json(path)["stage_seconds"] if path.exists() else {}
-    seconds.update({stem: info["seconds"] for stem, info in stages.items() if info["status"] == "ran"})
-    save_json(path, {"stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)})
+    log = load_json(path) if path.exists() else {}
+    seconds, cpu = log.get("stage_seconds", {}), log.get("stage_cpu_seconds", {})
+    ran = {stem: info for stem, info in stages.items() if info["status"] == "ran"}
+    seconds.update({stem: info["seconds"] for stem, info in ran.items()})
+    cpu.update({stem: info["cpu_seconds"] for stem, info in ran.items()})
+    save_json(path, {"stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                     "stage_cpu_seconds": cpu, "total_cpu_seconds": round(sum(cpu.values()), 1),
+                     "cpu_count": os.cpu_count()})
 
 
 # ---------------------------------------------------------------------------------------
@@ -492,7 +513,7 @@ def _run_stages(run: RunPaths, chain: list[Path], notebooks: list[Path], declare
             raise ChainError(f"run folder {run.root} is not writable and {nb.stem} must run ({reason}); "
                              "make it writable, or copy it and pass the copy as --run-dir")
         log(f"[lurm_lite] {nb.stem}: running ({reason}) with {params}")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds_so_far()
         _stamp_path(run, nb.stem).unlink(missing_ok=True)
         before = runs.list_files(run.root, skip=CHAIN_FILES)
         executed = run.notebooks / nb.name
@@ -511,9 +532,10 @@ def _run_stages(run: RunPaths, chain: list[Path], notebooks: list[Path], declare
                 f"{nb.stem} failed: {exc.ename}: {exc.evalue}\n"
                 f"The executed notebook with the full traceback: {executed}"
             ) from exc
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, cpu_seconds_so_far() - cpu_start
         _record_stamp(run, nb.stem, recorded, inputs, takes_dataset, before)
-        summary["stages"][nb.stem] = {"status": "ran", "seconds": round(seconds, 1), "reason": reason}
+        summary["stages"][nb.stem] = {"status": "ran", "seconds": round(seconds, 1),
+                                      "cpu_seconds": round(cpu_seconds, 1), "reason": reason}
         log(f"[lurm_lite] {nb.stem}: done in {seconds:.1f} s")
     if any(info["status"] == "ran" for info in summary["stages"].values()):
         _record_timings(run, summary["stages"])

@@ -31,8 +31,11 @@ def results_block(run: RunPaths, figure_dir: Path, readme_dir: Path) -> str:
     if chain.exists():
         timings = load_json(chain)
         stages = ", ".join(f"{stem.split('_', 1)[0]}: {sec:.0f} s" for stem, sec in timings["stage_seconds"].items())
+        cpu = timings.get("total_cpu_seconds")  # absent from a chain.json written before it was kept
+        busy = (f" CPU time {cpu / 60:.1f} min: {cpu / timings['total_seconds']:.1f} of the machine's "
+                f"{timings['cpu_count']} cores busy on average." if cpu else "")
         lines += [f"Run folder `{run.root.name}`; stage times ({timings['total_seconds'] / 60:.1f} min in all): "
-                  f"{stages}.", ""]
+                  f"{stages}.{busy}", ""]
     lines += [results_markdown(load_results(run.results)).strip(), ""]
     figure_dir.mkdir(parents=True, exist_ok=True)
     for name, caption in FIGURES.items():

@@ -48,17 +48,21 @@ HELPERS = ('import json, pathlib\n'
            'def write(name, obj):\n    (pathlib.Path(RUN_DIR) / name).write_text(json.dumps(obj))')
 
 
+def _write_notebook(path: Path, parameters: str, code: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(HELPERS), nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+
+
 @pytest.fixture()
 def fake(tmp_path):
     """(notebook folder, dataset folder, run folder) of the fake chain."""
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     for stem, (parameters, code) in FAKE_CHAIN.items():
-        nb = nbformat.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-                    nbformat.v4.new_code_cell(HELPERS), nbformat.v4.new_code_cell(code)]
-        nbformat.write(nb, notebooks / f"{stem}.ipynb")
+        _write_notebook(notebooks / f"{stem}.ipynb", parameters, code)
     dataset = tmp_path / "data"
     dataset.mkdir()
     (dataset / "log.csv").write_text("a b c\n")
@@ -102,6 +106,28 @@ def test_the_probe_cache_is_no_stages_output(fake):
     assert set(io.load_json(fake[2] / "notebooks" / "04_smen.stamp.json")["outputs"]) == {"model.json", "04_smen.json"}
     shutil.rmtree(fake[2] / "probes")  # deleting the cache costs time, never a rerun
     assert _run(fake) == ALL_SKIPPED
+
+
+BURN_CPU = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass"
+
+
+def test_chain_json_keeps_each_stages_cpu_seconds_with_its_kernels_and_their_workers(fake):
+    """Stage 02 burns a second of CPU in its kernel and another in a process the kernel starts:
+    chain.json's CPU seconds of 02 hold both (what the runner's own process used would not)."""
+    notebooks = fake[0]
+    parameters, code = FAKE_CHAIN["02_items"]
+    burn = (f"{BURN_CPU}\nimport os, subprocess, sys\nsubprocess.run([sys.executable, '-c', {BURN_CPU!r}], check=True)\n"
+            "t = os.times()\nwrite('kernel_cpu.json', t.user + t.system + t.children_user + t.children_system)\n")
+    _write_notebook(notebooks / "02_items.ipynb", parameters, burn + code)
+    assert _run(fake) == ALL_RAN
+    log = io.load_json(fake[2] / "chain.json")
+    kernel_cpu = io.load_json(fake[2] / "kernel_cpu.json")  # the kernel's own count, up to its last cell
+    assert kernel_cpu >= 2.0
+    assert log["stage_cpu_seconds"]["02_items"] >= kernel_cpu
+    assert set(log["stage_cpu_seconds"]) == set(log["stage_seconds"]) == set(ALL_RAN)
+    assert log["total_cpu_seconds"] == pytest.approx(sum(log["stage_cpu_seconds"].values()), abs=0.1)
+    assert _run(fake, only=["03"], force=True) == {"03_interests": "ran"}  # one stage again: the others kept
+    assert io.load_json(fake[2] / "chain.json")["stage_cpu_seconds"]["02_items"] == log["stage_cpu_seconds"]["02_items"]
 
 
 def test_a_failed_stage_leaves_no_stamp_and_runs_again_next_time(fake):

@@ -167,7 +167,7 @@ def test_readme_block_is_regenerated_from_the_run(synthetic_run, tmp_path):
     assert (run.root / "results.md").read_text().strip() in text
     assert (tmp_path / "docs" / "figures" / "demo_results_auc.png").exists()
     assert "](docs/figures/demo_results_auc.png)" in text
-    assert "stage times" in text and "05: " in text
+    assert "stage times" in text and "05: " in text and "cores busy on average" in text
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="results block"):
         update_readme(run.root, readme, tmp_path / "docs" / "figures")
