@@ -8,7 +8,7 @@ import torch
 
 from lurm_lite import downstream
 from lurm_lite.competitors import supervised
-from lurm_lite.competitors.han import HAN
+from lurm_lite.competitors.han import HAN, unique_rows
 from lurm_lite.competitors.sequences import PAD_ITEM, BehaviourSequences, TitleTokens
 from lurm_lite.competitors.supervised import SUPERVISED_MODELS, train_and_score
 from lurm_lite.competitors.textcnn import TextCNN
@@ -93,6 +93,18 @@ def _han_loops(model: HAN, tokens, lengths):
             v = _attention_loops(model.behaviour_attention, h_behaviours)
         logits.append(model.out(v))
     return torch.stack(logits)
+
+
+@pytest.mark.parametrize("shape", [(500, 8), (7, 3), (1, 4), (0, 5)])
+def test_unique_rows_is_torchs_unique_over_rows(shape):
+    """Rows with repeats, shared prefixes and zero padding; ids past 2**31 (int64 order kept)."""
+    g = torch.Generator().manual_seed(shape[0])
+    pool = torch.randint(0, 6, (max(shape[0] // 3, 1), shape[1]), generator=g)  # few values: many shared prefixes
+    pool[:, -1] += torch.randint(0, 2, (len(pool),), generator=g) * 2**40
+    x = pool[torch.randint(0, len(pool), (shape[0],), generator=g)]  # (N, T) rows repeated
+    expected, expected_inverse = torch.unique(x, dim=0, return_inverse=True)
+    rows, inverse = unique_rows(x)
+    assert torch.equal(rows, expected) and torch.equal(inverse, expected_inverse)
 
 
 def test_han_word_and_behaviour_attention_match_a_written_out_reference():

@@ -30,7 +30,8 @@ Choices beyond the papers:
   packed (whose backward pass zero-fills a buffer per step on the CPU). Measured on the demo
   data (batch 256, L = 50, 8 words, 5,431 distinct titles in 10,648 behaviours, one thread),
   a training step: 0.60 s packed per behaviour, 0.53 s by length, 0.41 s by length and
-  distinct; packing the behaviours by length too was slower (1.2 s: up to L small batches).
+  distinct (0.36 s with :func:`unique_rows`); packing the behaviours by length too was
+  slower (1.2 s: up to L small batches).
 """
 
 from __future__ import annotations
@@ -65,6 +66,25 @@ class Attention(nn.Module):
         """
         u = torch.tanh(self.project(h))  # (N, T, dim) eq. (5) / (8)
         return attention_pool(u @ self.context, h, mask)  # (N, dim) eq. (6)-(7) / (9)-(10)
+
+
+def unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(x, dim=0, return_inverse=True)`` for an integer (N, T) ``x``, by T stable sorts.
+
+    The distinct rows in ascending lexicographic order (U, T) and the index of each row among
+    them (N,), as torch returns them, without its per-row comparisons: on the demo's HAN
+    batches (10,648 titles of 8 words, one thread) 7 ms against 40 ms, 6% of a training step.
+    """
+    n = x.shape[0]
+    order = torch.arange(n, device=x.device)  # (N,) rows sorted by the columns seen so far
+    for column in reversed(range(x.shape[1])):  # least significant column first: lexicographic when done
+        order = order[torch.argsort(x[order, column], stable=True)]
+    ordered = x[order]  # (N, T)
+    first = torch.ones(n, dtype=torch.bool, device=x.device)  # (N,) a row unlike the one before it
+    first[1:] = (ordered[1:] != ordered[:-1]).any(dim=1)
+    inverse = torch.empty(n, dtype=torch.long, device=x.device)
+    inverse[order] = first.cumsum(0) - 1
+    return ordered[first], inverse
 
 
 def _bigru_by_length(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -116,8 +136,7 @@ class HAN(nn.Module):
         titled = (n_words > 0).reshape(-1)  # (B*L,) behaviours with a word to read
         s = self.out.weight.new_zeros(batch * n_behaviours, self.hidden)  # (B*L, hidden)
         if titled.any():
-            titles, title_of = torch.unique(tokens.reshape(-1, title_len)[titled], dim=0,
-                                            return_inverse=True)  # (U, Tr) distinct titles, (n_titled,)
+            titles, title_of = unique_rows(tokens.reshape(-1, title_len)[titled])  # (U, Tr) distinct titles, (n_titled,)
             title_word_mask = titles != 0  # (U, Tr)
             h_words = _bigru_by_length(self.word_gru, self.embedding(titles),
                                        title_word_mask.sum(dim=1))  # (U, Tr, hidden) h_it
