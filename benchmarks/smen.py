@@ -27,9 +27,18 @@ distinct interests in a batch), M = 10, H = 128 (the paper's sizes):
 
 Targets: ``sparse_d_scaling`` (sparse time at 1e5 / at 1e3) <= 1.5 and
 ``sparse_vs_dense_at_1e5`` (dense / sparse time) >= 10. ``--quick`` uses 64 users.
+``flop_d_scaling_uniform`` / ``_zipf``: the ratio of eq. (5)-(6)'s FLOPs of the same two
+batches (:func:`multi_anchor_flops`), i.e. the time ratio at an unchanged GFLOP/s. Eq. (6)
+costs an interest as many FLOPs as eq. (5) costs a non-zero, and the uniform batch at D = 1e5
+holds U = 0.70 nnz distinct interests (1e3: U = 0.013 nnz), so its FLOP ratio is 1.72: a time
+ratio of 1.5 would need the D = 1e5 batch to run 15% more FLOP/s than the D = 1e3 one, on
+products M = 10 wide.
 
-Measured alone on the 2-core development machine (``--quick``, default threads, commit
-bf23ecb): sparse_ms 79.2 / 83.7 / 130.3 ms at D = 1e3 / 1e4 / 1e5 with uniform interests
+Measured alone on the 2-core development machine (``--quick``, default threads), stop 24:
+sparse_ms 86.2 / 88.9 / 150.0 ms uniform (sparse_d_scaling 1.74, FLOP ratio 1.72), Zipf
+47.4 / 54.4 / 65.0 ms (1.37, FLOP ratio 1.45), train_flops_fraction 0.40, encode_flops_fraction
+0.62 (torch.mm 63.6 GFLOP/s; the machine was ~8% slower than at stop 23 throughout). At commit
+bf23ecb: sparse_ms 79.2 / 83.7 / 130.3 ms at D = 1e3 / 1e4 / 1e5 with uniform interests
 (sparse_d_scaling 1.65; 1.80 at an earlier stop; before AnchorBags, on a lighter-loaded
 machine, 59.5 / 217.9 / 1362.8, 22.9), Zipf 52.7 / 51.9 / 60.3 ms (sparse_d_scaling_zipf
 1.14); SMEN 377 / 385 / 425 ms; the dense reference 129 / 1226 / 12306 ms
@@ -64,6 +73,20 @@ from lurm_lite.user_training import encode_users, encoding_batches  # noqa: E402
 M, H, PERIODS, NNZ = 10, 128, 24, 50
 
 
+def multi_anchor_flops(x) -> float:
+    """FLOPs of eq. (5)-(6)'s forward pass over the ScaleBatch ``x``, however computed.
+
+    Eq. (6): the logits W^a_i . k_j of the U interests present, 2 U H M, after the M x H x H
+    product W^a W^p; eq. (5): the M weighted sums of each row's non-zero b_j W^e_j, 2 nnz M H.
+    A backward pass is twice each, so a forward + backward pass costs 3x this. An interest
+    costs eq. (6) as many FLOPs as a non-zero costs eq. (5): the ratio of this for two
+    batches of the same nnz is 1 + (U_1 - U_2) / (nnz + U_2), the arithmetic floor of the
+    time ratio if both ran at the same GFLOP/s.
+    """
+    U, nnz = x.interests.numel(), x.nz_value.numel()
+    return 2 * U * H * M + 2 * M * H * H + 2 * nnz * M * H
+
+
 def smen_forward_flops(batch: dict, n_users: int) -> float:
     """FLOPs of one SMEN forward pass (plus the loss of eq. 3) over ``batch`` ({scale: ScaleBatch}).
 
@@ -76,8 +99,8 @@ def smen_forward_flops(batch: dict, n_users: int) -> float:
     """
     flops = 0.0
     for x in batch.values():
-        U, nnz, steps = x.interests.numel(), x.nz_value.numel(), int(x.lengths.sum())
-        flops += 2 * U * H * M + 2 * M * H * H + U * M * H + 2 * nnz * M * H + 12 * H * H * steps * M
+        U, steps = x.interests.numel(), int(x.lengths.sum())
+        flops += multi_anchor_flops(x) + U * M * H + 12 * H * H * steps * M
     flops += 2 * n_users * M * 2 * H * H
     flops += 2 * n_users * (M * H * H + M * M * H + (M * H) ** 2)
     flops += 2 * n_users * n_users * M * H
@@ -128,6 +151,7 @@ def bench_d(D: int, n_users: int, dev: torch.device, reps: int) -> dict:
         (module(xz) * gz).sum().backward()
 
     out["sparse_zipf_ms"], _ = timed(zipf_step, dev, reps)
+    out["multi_anchor_gflop"], out["zipf_multi_anchor_gflop"] = 3 * multi_anchor_flops(x) / 1e9, 3 * multi_anchor_flops(xz) / 1e9
     out["zipf_nnz"], out["zipf_distinct_interests_U"] = int(xz.nz_value.numel()), int(xz.interests.numel())
     out["dense_ms"], out["dense_reps"] = timed(dense_step, dev, reps)
 
@@ -197,6 +221,9 @@ def main(argv=None) -> dict:
         "sparse_d_scaling": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
         "sparse_d_scaling_uniform": per_d[100_000]["sparse_ms"] / per_d[1_000]["sparse_ms"],
         "sparse_d_scaling_zipf": per_d[100_000]["sparse_zipf_ms"] / per_d[1_000]["sparse_zipf_ms"],
+        # the same ratios of eq. (5)-(6)'s FLOPs (multi_anchor_flops): what the time ratio would be at one GFLOP/s
+        "flop_d_scaling_uniform": per_d[100_000]["multi_anchor_gflop"] / per_d[1_000]["multi_anchor_gflop"],
+        "flop_d_scaling_zipf": per_d[100_000]["zipf_multi_anchor_gflop"] / per_d[1_000]["zipf_multi_anchor_gflop"],
         "sparse_vs_dense_at_1e5": per_d[100_000]["dense_ms"] / per_d[100_000]["sparse_ms"],
         "users_encoded_per_s": n_encode / (encode_ms / 1000),
         "mm_gflops": peak,
@@ -209,7 +236,8 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - t0,
     }
     io.save_json(args.json, results)
-    print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (zipf {results['sparse_d_scaling_zipf']:.2f}; target <= 1.5), sparse_vs_dense_at_1e5 "
+    print(f"sparse_d_scaling {results['sparse_d_scaling']:.2f} (zipf {results['sparse_d_scaling_zipf']:.2f}; target <= 1.5; "
+          f"FLOP ratios {results['flop_d_scaling_uniform']:.2f} / {results['flop_d_scaling_zipf']:.2f}), sparse_vs_dense_at_1e5 "
           f"{results['sparse_vs_dense_at_1e5']:.1f} (target >= 10), users_encoded_per_s "
           f"{results['users_encoded_per_s']:.0f}; training {train_gflops:.1f} GFLOP/s "
           f"({results['train_flops_fraction']:.0%} of torch.mm's {peak:.1f}), encoding "
