@@ -10,6 +10,12 @@ then on the same machine:
   weights (must agree to float tolerance);
 - reports whether faiss sees a GPU (``clustering`` uses its GPU index only then).
 
+Measured at stop 24 on an NVIDIA H200 (torch 2.11.0+cu130, 16 CPU cores, ``--scale default
+--epochs 2``): one epoch 0.96 s on CUDA against 4.72 s on the 16 cores (4.9x), encoding 22,400
+users/s, CUDA within 1.8e-6 of the CPU. The first run failed ``encoding_deterministic_on_cuda``
+(two encodings differed by up to 4.6e-7): cuSPARSE's sparse-dense product sums in a varying
+order, so CUDA now takes AnchorBags (``MultiAnchor.forms_V``), and all four checks pass.
+
 Usage: ``python benchmarks/gpu_check.py --json OUT [--scale default] [--epochs 3]``.
 Exits non-zero when a check fails. Not part of the test suite: CI has no GPU.
 """

@@ -137,9 +137,10 @@ class MultiAnchor(nn.Module):
     present in the batch (O(U M H)). Eq. (5) is then computed from the nnz non-zero b_j only,
     by one of two exact paths, O(nnz M H) either way, independent of D:
 
-    - small U: V_j = alpha_.j (x) W^e_j (U, M*H) and r = ReLU(S V), S the sparse (n_rows, U)
-      matrix of the b_j; memory O(U M H) for V;
-    - U M H * 4 bytes > ``V_MAX_BYTES`` (16 MiB: U > 3276 at M = 10, H = 128): :class:`AnchorBags`,
+    - small U on the CPU: V_j = alpha_.j (x) W^e_j (U, M*H) and r = ReLU(S V), S the sparse
+      (n_rows, U) matrix of the b_j; memory O(U M H) for V;
+    - U M H * 4 bytes > ``V_MAX_BYTES`` (16 MiB: U > 3276 at M = 10, H = 128), and on CUDA
+      (:meth:`forms_V`): :class:`AnchorBags`,
       embedding_bag over the (U, H) rows W^e_j with weights b_j alpha_ij, no U x M x H tensor.
 
     The rule is measured (benchmarks/smen.py, forward + backward, 1 thread, 256 users x 24
@@ -182,19 +183,35 @@ class MultiAnchor(nn.Module):
         logits = F.relu(W_e_j) @ (self.W_a @ self.W_p).T  # (U, M) W^a_i . k_j
         return torch.softmax(logits, dim=1)
 
+    def forms_V(self, n_present: int, device: torch.device) -> bool:
+        """Whether eq. (5) runs as the sparse product S V for a batch of ``n_present`` (U) interests.
+
+        Only on the CPU, while V (U, M*H) fits ``V_MAX_BYTES``; an accelerator takes
+        AnchorBags whatever U. On CUDA this is for reproducibility: cuSPARSE's
+        sparse-dense product (COO and CSR alike) sums in a varying order, so the same batch
+        gave different bits in five calls on an H200 (torch 2.11), also under
+        ``torch.use_deterministic_algorithms``, and two encodings of the same users differed
+        by up to 4.6e-7. AnchorBags' forward (``embedding_bag``) gives the same bits every
+        time there, at the same speed (benchmarks/smen.py on the H200: 2.2 ms S V at D = 1e3,
+        2.8 ms AnchorBags at 1e5).
+        """
+        M, H = self.W_a.shape
+        return device.type == "cpu" and n_present * M * H * 4 <= self.V_MAX_BYTES
+
     def forward(self, x: ScaleBatch) -> torch.Tensor:
         """Eq. (5) for every row b_t of the batch: returns r (n_rows, M, H).
 
         Two exact paths (equal to float tolerance, tests/test_smen.py): while V = alpha (x) W^e
-        of the U interests present fits in ``V_MAX_BYTES``, one sparse product S V; beyond,
-        :class:`AnchorBags`, which never forms V. See the class docstring for the measurements.
+        of the U interests present fits in ``V_MAX_BYTES`` on the CPU, one sparse product S V;
+        beyond, and on CUDA (:meth:`forms_V`), :class:`AnchorBags`, which never forms V. See
+        the class docstring for the measurements.
         """
         M, H = self.W_a.shape
         W_e_j = F.embedding(x.interests, self.W_e, sparse=self.sparse)  # (U, H)
         alpha = self.alpha(W_e_j)  # (U, M)
         dtype = torch.promote_types(W_e_j.dtype, torch.float32)  # sparse kernels: no bf16/fp16 (AMP)
         with torch.autocast(W_e_j.device.type, enabled=False):
-            if W_e_j.shape[0] * M * H * 4 <= self.V_MAX_BYTES:
+            if self.forms_V(W_e_j.shape[0], W_e_j.device):
                 V = (alpha[:, :, None] * W_e_j[:, None, :]).reshape(-1, M * H).to(dtype)  # (U, M*H) alpha_ij W^e_j
                 b = torch.sparse_coo_tensor(  # (n_rows, U) sparse, entries b_j (sorted: coalesced)
                     torch.stack([x.nz_row, x.nz_col]), x.nz_value.to(dtype), (x.n_rows, V.shape[0]),

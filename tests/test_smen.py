@@ -67,6 +67,16 @@ def test_sparse_multi_anchor_equals_dense_reference_in_values_and_gradients(anch
         torch.testing.assert_close(grads[name], params[name].grad, rtol=1e-10, atol=1e-12)
 
 
+def test_the_sparse_product_path_is_taken_only_on_the_cpu_and_while_V_fits():
+    """cuSPARSE's product is not deterministic (MultiAnchor.forms_V): a CUDA or MPS batch of any
+    size takes AnchorBags, so encoding the same users twice there gives the same bits."""
+    module = MultiAnchor(n_interests=10_000, hidden=128, anchors=10)
+    fits = module.V_MAX_BYTES // (10 * 128 * 4)  # largest U whose V fits
+    assert module.forms_V(fits, torch.device("cpu")) and not module.forms_V(fits + 1, torch.device("cpu"))
+    for accelerator in ("cuda", "mps"):
+        assert not module.forms_V(1, torch.device(accelerator))
+
+
 def test_W_e_gradient_is_sparse_and_touches_only_the_interests_present():
     seqs = random_boi(5, 1000, 3, 5, seed=3)
     x = whole_batch(seqs)
