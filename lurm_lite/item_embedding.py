@@ -244,22 +244,23 @@ def train_item_encoder(
 
     losses: list[float] = []
     encoder.train()
-    for epoch in range(config.epochs):
-        idx_x, idx_y = sample_positive_pairs(user_ids, ts, config.pairs_per_epoch, beta_seconds=beta_seconds,
-                                             beta_behaviors=config.beta_behaviors, rng=rng)
-        items_x = torch.as_tensor(item_ids[idx_x], dtype=torch.long, device=dev)  # (P,)
-        items_y = torch.as_tensor(item_ids[idx_y], dtype=torch.long, device=dev)  # (P,)
-        starts = range(0, len(items_x) - 1, config.batch_size)  # a batch needs >= 2 pairs
-        bar = tqdm(starts, desc=f"item encoder epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for start in bar:
-            batch_x = items_x[start : start + config.batch_size]  # (n,)
-            batch_y = items_y[start : start + config.batch_size]  # (n,)
-            batch_items = torch.cat([batch_x, batch_y])  # (2n,)
-            e = encoder(all_tokens[batch_items], item_ids=batch_items)  # (2n, H)
-            loss = info_nce(e[: len(batch_x)], e[len(batch_x) :], tau=config.tau)
-            optimizer_step(loss, optimizers)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    with io.deterministic_kernels(dev):  # the same bits for the same seed on CUDA too
+        for epoch in range(config.epochs):
+            idx_x, idx_y = sample_positive_pairs(user_ids, ts, config.pairs_per_epoch, beta_seconds=beta_seconds,
+                                                 beta_behaviors=config.beta_behaviors, rng=rng)
+            items_x = torch.as_tensor(item_ids[idx_x], dtype=torch.long, device=dev)  # (P,)
+            items_y = torch.as_tensor(item_ids[idx_y], dtype=torch.long, device=dev)  # (P,)
+            starts = range(0, len(items_x) - 1, config.batch_size)  # a batch needs >= 2 pairs
+            bar = tqdm(starts, desc=f"item encoder epoch {epoch + 1}/{config.epochs}", disable=not progress)
+            for start in bar:
+                batch_x = items_x[start : start + config.batch_size]  # (n,)
+                batch_y = items_y[start : start + config.batch_size]  # (n,)
+                batch_items = torch.cat([batch_x, batch_y])  # (2n,)
+                e = encoder(all_tokens[batch_items], item_ids=batch_items)  # (2n, H)
+                loss = info_nce(e[: len(batch_x)], e[len(batch_x) :], tau=config.tau)
+                optimizer_step(loss, optimizers)
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     encoder.eval()
     return encoder, losses
 

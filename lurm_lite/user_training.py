@@ -348,7 +348,8 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
 
     One epoch visits every trainable user once, in a random order, ``batch_size`` users per
     step. All sampling in epoch e uses ``np.random.default_rng([seed, e])``, so a run
-    resumed from the checkpoint of epoch e continues exactly as an uninterrupted one.
+    resumed from the checkpoint of epoch e continues exactly as an uninterrupted one. The
+    same seed gives the same bits on CUDA too (:func:`lurm_lite.io.deterministic_kernels`).
 
     Args:
         boi: ``{granularity: BoISequences}`` holding every scale of ``smen_config.scales``.
@@ -405,36 +406,37 @@ def train_smen(boi: dict[str, BoISequences], smen_config: SMENConfig, train_conf
     bar = tqdm(total=train_config.epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
                disable=not progress, desc="SMEN", unit="step")
     model.train()
-    for epoch in range(first_epoch, train_config.epochs):
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(sampler.users)
-        epoch_losses = []
-        for step in range(steps_per_epoch):
-            k = order[step * bs:(step + 1) * bs]  # (B,) users of this step
-            batch = {s: x.to(dev) for s, x in sampler.sample(k, rng).items()}  # 2B views
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
-                z = model.project(model(batch))  # (2B, M*H) h(R^)
-            loss = info_nce(z[:len(k)].float(), z[len(k):].float(), train_config.tau)
-            optimizer_step(loss, optimizers)
-            epoch_losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
-        history["step"].extend(epoch_losses)
-        history["epoch"].append(float(np.mean(epoch_losses)))
-        if on_epoch_end is not None:
-            model.eval()
-            values = on_epoch_end(epoch, model)
-            model.train()
-            if values is not None:
-                history["eval"].append({"epoch": epoch + 1, "step": len(history["step"]), **values})
-        if snapshots is not None and epoch + 1 in snapshots:  # before the checkpoint: a resumed run has it
-            save_smen(snapshots[epoch + 1], model)
-        if checkpoint_path is not None:
-            io.save_torch(checkpoint_path, {
-                "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-                "history": _plain(history), "rng": io.rng_states(), "inputs": inputs,
-            })
+    with io.deterministic_kernels(dev):  # the same bits for the same seed on CUDA too
+        for epoch in range(first_epoch, train_config.epochs):
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(sampler.users)
+            epoch_losses = []
+            for step in range(steps_per_epoch):
+                k = order[step * bs:(step + 1) * bs]  # (B,) users of this step
+                batch = {s: x.to(dev) for s, x in sampler.sample(k, rng).items()}  # 2B views
+                with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+                    z = model.project(model(batch))  # (2B, M*H) h(R^)
+                loss = info_nce(z[:len(k)].float(), z[len(k):].float(), train_config.tau)
+                optimizer_step(loss, optimizers)
+                epoch_losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
+            history["step"].extend(epoch_losses)
+            history["epoch"].append(float(np.mean(epoch_losses)))
+            if on_epoch_end is not None:
+                model.eval()
+                values = on_epoch_end(epoch, model)
+                model.train()
+                if values is not None:
+                    history["eval"].append({"epoch": epoch + 1, "step": len(history["step"]), **values})
+            if snapshots is not None and epoch + 1 in snapshots:  # before the checkpoint: a resumed run has it
+                save_smen(snapshots[epoch + 1], model)
+            if checkpoint_path is not None:
+                io.save_torch(checkpoint_path, {
+                    "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+                    "history": _plain(history), "rng": io.rng_states(), "inputs": inputs,
+                })
     bar.close()
     return model.eval(), history
 

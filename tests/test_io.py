@@ -126,6 +126,26 @@ def test_device_takes_none_a_string_or_a_torch_device():
             io.device(torch.device("cuda"))
 
 
+def test_deterministic_kernels_turn_torchs_deterministic_mode_on_for_cuda_only_and_restore_it(monkeypatch):
+    """No GPU needed: the context only sets torch's flags (gpu_check shows what they do on CUDA)."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with io.deterministic_kernels(torch.device("cpu")):
+        assert not torch.are_deterministic_algorithms_enabled()  # CPU kernels are deterministic already
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    with io.deterministic_kernels(torch.device("cuda")):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # a caller's own strict mode survives, also after an error inside
+    try:
+        with pytest.raises(ValueError), io.deterministic_kernels(torch.device("cuda")):
+            raise ValueError("inside")
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_data_prep_imports_only_io_and_periods_of_lurm_lite():
     probe = ("import data_prep, data_prep.schema, data_prep.synthetic, data_prep.movielens, data_prep.amazon, "
              "data_prep.tabular; import json, sys; "

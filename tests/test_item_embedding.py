@@ -140,6 +140,13 @@ def test_training_is_seeded():
     assert first == second
 
 
+def test_training_runs_inside_deterministic_kernels(deterministic_entries):
+    tokens, lengths, behaviors, _ = _topic_problem(n_users=20)
+    config = ItemEmbeddingConfig(dim=8, batch_size=32, epochs=1, pairs_per_epoch=64)
+    train_item_encoder(tokens, lengths, behaviors, config, device="cpu", seed=0, progress=False)
+    assert deterministic_entries == [torch.device("cpu")]
+
+
 def test_titled_catalogue_keeps_the_papers_encoder_without_item_ids():
     tokens, lengths, behaviors, _ = _topic_problem(n_users=50)
     config = ItemEmbeddingConfig(dim=8, batch_size=32, epochs=1, pairs_per_epoch=256)

@@ -184,6 +184,12 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
     assert not _same_parameters(other, straight)
 
 
+def test_pretraining_runs_inside_deterministic_kernels(deterministic_entries):
+    seqs, titles, _ = two_groups(12)
+    pretrain_ptum(seqs, titles, dataclasses.replace(TINY, pretrain_epochs=1), "cpu", seed=1, progress=False)
+    assert deterministic_entries == [torch.device("cpu")]
+
+
 def test_save_load_round_trip_gives_identical_encodings(tmp_path):
     seqs, titles, _ = two_groups(12)
     model = _model(3)

@@ -178,6 +178,13 @@ def test_the_split_is_the_probes_and_multiclass_tasks_work(monkeypatch):
     assert 0.0 <= result["auc"] <= 1.0 and 0.0 <= result["acc"] <= 1.0
 
 
+def test_training_runs_inside_deterministic_kernels(deterministic_entries):
+    seqs, titles, y = _planted_task(n_users=60, seed=1)
+    train_and_score("TextCNN", seqs, titles, y, CompetitorConfig(**{**vars(TINY), "supervised_max_epochs": 1}),
+                    FAST_DOWNSTREAM, seed=0)
+    assert deterministic_entries == [torch.device("cpu")]
+
+
 def test_seeded_runs_agree_and_leave_the_global_rng_alone():
     seqs, titles, y = _planted_task(n_users=120, seed=2)
     config = CompetitorConfig(**{**vars(TINY), "supervised_max_epochs": 3})

@@ -195,6 +195,11 @@ def test_loss_falls_on_synthetic_tiny(tiny_dataset):
     assert history["epoch"][-1] < 0.95 * chance
 
 
+def test_training_runs_inside_deterministic_kernels(boi, deterministic_entries):
+    train_smen(boi, SMEN_TINY, dataclasses.replace(TRAIN_TINY, epochs=1), "cpu", seed=0, progress=False)
+    assert deterministic_entries == [torch.device("cpu")]
+
+
 def test_resume_after_a_kill_equals_the_uninterrupted_run(boi, trained, tmp_path):
     ckpt = tmp_path / "smen_ckpt.pt"
     one_epoch = dataclasses.replace(TRAIN_TINY, epochs=1)

@@ -103,26 +103,27 @@ def pretrain(name: str, model: nn.Module, loss_of_batch: LossOfBatch, users: np.
     bar = tqdm(total=config.pretrain_epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
                disable=not progress, desc=name, unit="step")
     model.train()
-    for epoch in range(first_epoch, config.pretrain_epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(users)  # (n_train,)
-        losses = []
-        for step in range(steps_per_epoch):
-            loss = loss_of_batch(order[step * bs:(step + 1) * bs], rng)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        history["epoch"].append(float(np.mean(losses)))
-        history["seconds"] = float(history["seconds"]) + time.perf_counter() - started
-        if checkpoint_path is not None:
-            io.save_torch(checkpoint_path, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "rng": io.rng_states(), "config": dataclasses.asdict(config), "inputs": inputs,
-            })
+    with io.deterministic_kernels(torch.device(device)):  # the same bits for the same seed on CUDA too
+        for epoch in range(first_epoch, config.pretrain_epochs):
+            started = time.perf_counter()
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(users)  # (n_train,)
+            losses = []
+            for step in range(steps_per_epoch):
+                loss = loss_of_batch(order[step * bs:(step + 1) * bs], rng)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            history["epoch"].append(float(np.mean(losses)))
+            history["seconds"] = float(history["seconds"]) + time.perf_counter() - started
+            if checkpoint_path is not None:
+                io.save_torch(checkpoint_path, {
+                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": history, "rng": io.rng_states(), "config": dataclasses.asdict(config), "inputs": inputs,
+                })
     bar.close()
     return model.eval(), history
 

@@ -27,12 +27,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lurm_lite import downstream
+from lurm_lite import downstream, io
 from lurm_lite.competitors.han import HAN
 from lurm_lite.competitors.sequences import BehaviourSequences, TitleTokens, behaviour_tokens
 from lurm_lite.competitors.textcnn import TextCNN
 from lurm_lite.config import CompetitorConfig, DownstreamConfig
-from lurm_lite.io import device as pick_device
 
 SUPERVISED_MODELS: dict[str, type[nn.Module]] = {"TextCNN": TextCNN, "HAN": HAN}
 
@@ -76,14 +75,15 @@ def train_and_score(name: str, seqs: BehaviourSequences, titles: TitleTokens, y:
         raise ValueError(f"unknown supervised competitor {name!r}; known: {sorted(SUPERVISED_MODELS)}")
     if len(seqs.user_ids) != len(y):
         raise ValueError(f"{len(seqs.user_ids)} behaviour sequences for {len(y)} labels: one row per labelled user")
-    device = pick_device(device)
+    device = io.device(device)
     n_classes = int(y.max()) + 1
     train_idx, test_idx = downstream.split_indices(y, seed, downstream_config.test_fraction)
     fit_idx, val_idx = downstream.validation_split(train_idx, y[train_idx], downstream_config.validation_fraction,
                                                    seed)
     batch_size = competitor_config.supervised_batch_size
     y_t = torch.from_numpy(np.asarray(y, dtype=np.int64))  # (n,)
-    with downstream.one_cpu_thread(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with downstream.one_cpu_thread(device), io.deterministic_kernels(device), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # initial weights and dropout masks
         model = SUPERVISED_MODELS[name](titles.vocab_size, n_classes, competitor_config).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=competitor_config.lr)
@@ -130,7 +130,7 @@ def train_on_tasks(name: str, seqs: BehaviourSequences, titles: TitleTokens,
     result does not depend on it). Returns (the per-task metrics with the skipped tasks, the
     training seconds of each trained task).
     """
-    device = pick_device(device)
+    device = io.device(device)
     row_of = pd.Index(seqs.user_ids)
     per_task, jobs = downstream.TaskResults(), {}
     for task, (task_users, y) in labels.items():
