@@ -241,10 +241,13 @@ def deterministic_kernels(dev: torch.device) -> Iterator[None]:
     order. Measured on an H200 (torch 2.11, the default scale): two one-epoch SMEN trainings
     with the same seed ended up to 6.3e-3 apart in W^e, W^a and W^p; under
     ``torch.use_deterministic_algorithms`` they were identical to the bit, at 3% more time
-    per epoch (1.39 s against 1.35 s). ``warn_only``: an operation without a deterministic
-    kernel warns instead of stopping the run. cuBLAS also needs ``CUBLAS_WORKSPACE_CONFIG``
-    (set by :func:`device` when it picks CUDA, before any cuBLAS call). On the CPU nothing
-    changes: its kernels give the same bits already.
+    per epoch (1.39 s against 1.35 s). Strict, not warn-only: every operation of the kit's
+    training loops (item encoder, SMEN with and without AMP, PTUM, SUMN, TextCNN, HAN) has a
+    deterministic kernel there, and PTUM's memory-efficient attention takes its
+    deterministic one only in strict mode (warn-only, it warned and stayed non-deterministic).
+    An operation without one raises torch's error, which names it. cuBLAS also needs
+    ``CUBLAS_WORKSPACE_CONFIG`` (set by :func:`device` when it picks CUDA, before any cuBLAS
+    call). On the CPU nothing changes: its kernels give the same bits already.
     """
     import torch
 
@@ -253,7 +256,7 @@ def deterministic_kernels(dev: torch.device) -> Iterator[None]:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:

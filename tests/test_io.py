@@ -134,14 +134,14 @@ def test_deterministic_kernels_turn_torchs_deterministic_mode_on_for_cuda_only_a
         assert not torch.are_deterministic_algorithms_enabled()  # CPU kernels are deterministic already
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     with io.deterministic_kernels(torch.device("cuda")):
-        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert not torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)  # a caller's own strict mode survives, also after an error inside
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a caller's own mode survives, also an error inside
     try:
         with pytest.raises(ValueError), io.deterministic_kernels(torch.device("cuda")):
             raise ValueError("inside")
-        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
 
