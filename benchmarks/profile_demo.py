@@ -53,9 +53,8 @@ from lurm_lite.testing import mm_gflops, timed  # noqa: E402
 from lurm_lite.user_training import PairSampler, encoding_batches, load_user_reps  # noqa: E402
 
 
-def stage_breakdown(run: RunPaths) -> dict:
-    """Seconds per notebook and, where its JSON records them, per part of it."""
-    chain = load_json(run.chain_log)
+def stage_breakdown(run: RunPaths, chain: dict) -> dict:
+    """Seconds per notebook (``chain``: the run's chain.json) and, where its JSON records them, per part of it."""
     cpu = chain.get("stage_cpu_seconds", {})  # kept by the runner since stop 24
     stages = {name: {"seconds": seconds, **({"cpu_seconds": cpu[name], "cores_busy": round(cpu[name] / seconds, 2)}
                                             if name in cpu else {})}
@@ -71,9 +70,8 @@ def stage_breakdown(run: RunPaths) -> dict:
     return stages
 
 
-def chain_totals(run: RunPaths) -> dict:
-    """The whole chain: wall and CPU seconds, cores busy, and the wall time were every core busy."""
-    chain = load_json(run.chain_log)
+def chain_totals(chain: dict) -> dict:
+    """The whole chain (``chain``: chain.json): wall and CPU seconds, cores busy, and the wall time were every core busy."""
     if "total_cpu_seconds" not in chain:
         return {"wall_seconds": chain["total_seconds"]}
     cpu, cores = chain["total_cpu_seconds"], chain["cpu_count"]
@@ -193,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="batches timed per part (median)")
     args = parser.parse_args(argv)
     run = RunPaths(args.run_dir)
+    chain = load_json(run.chain_log)
     stored = load_json(run.stage_json("04_smen"))
     scale = for_scale("default")
     smen_config = dataclasses.replace(scale.smen, **{k: (tuple(v) if isinstance(v, list) else v)
@@ -205,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     user_ids = boi[smen_config.scales[0]].user_ids[:2000]
     result = {
         "run_dir": str(run.root), "torch_threads": torch.get_num_threads(),
-        "stages": stage_breakdown(run),
-        "chain_totals": chain_totals(run),
+        "stages": stage_breakdown(run, chain),
+        "chain_totals": chain_totals(chain),
         "training_step": training_step_profile(boi, smen_config, train_config, args.steps),
         "encode_ms_per_1000_users": encode_profile(boi, model, user_ids, train_config.encode_batch_size),
         "probe_seconds": probe_profile(run, scale.downstream),

@@ -308,19 +308,19 @@ def train_variant(boi: Mapping[str, BoISequences], smen_config: SMENConfig, trai
             if str(saved["key"]) == key and np.array_equal(saved["user_ids"], user_ids):
                 info = json.loads(str(saved["info"]))
                 return saved["reps"], {**info, "cached": True}
-    start = time.perf_counter()
+    start, reps = time.perf_counter(), None
     if trained is None:
         model, losses = train_smen(dict(boi), smen_config, train_config, device, seed,
                                    checkpoint_path=None, resume=False, progress=progress)
         epoch_losses = losses["epoch"]
-    else:
-        model, epoch_losses = load_smen(trained[0], io.device(device)), trained[1]
+    else:  # the model is read only when notebook 04 kept no encoding of it
+        epoch_losses, reps = trained[1], kept_model_encoding(trained[0], user_ids)
+        model = load_smen(trained[0], io.device(device)) if reps is None else None
     train_seconds = time.perf_counter() - start
-    reps = kept_model_encoding(trained[0], user_ids) if trained is not None else None  # notebook 04's, if it kept it
     if reps is None:
         reps = encode_users(model, dict(boi), user_ids, device, batch_size=train_config.encode_batch_size)
     info = {"scales": list(smen_config.scales), "anchors": smen_config.anchors, "hidden": smen_config.hidden,
-            "n_interests": int(model.n_interests), "representation_size": int(reps.shape[1]),
+            "n_interests": int(boi[smen_config.scales[0]].n_interests), "representation_size": int(reps.shape[1]),
             "epochs": train_config.epochs, "loss_first_epoch": float(epoch_losses[0]),
             "loss_last_epoch": float(epoch_losses[-1]), "train_seconds": round(train_seconds, 1),
             "cached": False, **({"shared": Path(trained[0]).name} if trained is not None else {})}

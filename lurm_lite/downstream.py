@@ -495,7 +495,8 @@ def side_by_side(function: Callable[..., Any], jobs: Mapping[str, tuple], worker
     if workers == 1:
         return {task: function(*args) for task, args in jobs.items()}
     with _pool_errors(workers):
-        futures = {task: _probe_pool(workers).submit(function, *args) for task, args in jobs.items()}
+        pool = _probe_pool(workers)
+        futures = {task: pool.submit(function, *args) for task, args in jobs.items()}
         return {task: future.result() for task, future in futures.items()}
 
 
@@ -626,9 +627,8 @@ def _evaluate_tasks(X: Features, jobs: Mapping[str, tuple[np.ndarray, np.ndarray
     kept = {task: result for task, path in paths.items() if (result := _kept_result(path)) is not None}
     todo = {task: job for task, job in jobs.items() if task not in kept}
     workers = probe_workers(config, device, len(todo))
-    if workers == 1:
-        probed = side_by_side(evaluate_task, {task: (X[rows], y, config, seed, device)
-                                              for task, (rows, y) in todo.items()}, workers)
+    if workers == 1:  # each task's X[rows] made when it is probed: one copy in memory at a time, not all of them
+        probed = {task: evaluate_task(X[rows], y, config, seed, device) for task, (rows, y) in todo.items()}
     else:
         with tempfile.TemporaryDirectory(prefix="lurm_probe_", ignore_cleanup_errors=True) as folder:
             shared = SharedFeatures(X, folder)
